@@ -1,0 +1,43 @@
+/**
+ * lightning-moe: a TypeScript engine for the MiniMax-01 family (MiniMax-Text-01, MiniMax-M1).
+ *
+ * @example
+ *   import { loadModel } from 'lightning-moe';
+ *   const model = await loadModel('./MiniMax-Text-01');
+ *   const { text } = await model.chat([{ role: 'user', content: 'Hello!' }], { maxTokens: 64 });
+ */
+
+export { loadModel, Model } from './engine/model.js';
+export type { Device, LoadModelOptions, LoadProgressEvent, GenerationDefaults, Prompt, ChatOptions } from './engine/model.js';
+export { Session } from './engine/session.js';
+export type { AppendOptions, LogitRows } from './engine/session.js';
+export type { GenerateOptions, GenerationResult, StreamEvent, TokenEvent, DoneEvent, FinishReason } from './engine/generate.js';
+export { Sampler, Rng } from './engine/sampling.js';
+export type { SamplingParams } from './engine/sampling.js';
+export type { TraceHook } from './model/minimax01.js';
+
+export { parseModelConfig, loadModelConfig } from './config/config.js';
+export type { ModelConfig, LayerKind, ConfigLayout } from './config/config.js';
+export { countParameters, weightBytes, cacheSizes, WEIGHT_DTYPES } from './config/size.js';
+export type { ParameterCounts, CacheSizes, WeightDType } from './config/size.js';
+
+export { Tokenizer, IncrementalDecoder } from './tokenizer/index.js';
+export type { ChatMessage, ChatContentPart, ChatTemplateOptions } from './tokenizer/index.js';
+
+export { Checkpoint } from './weights/checkpoint.js';
+export { readSafetensorsHeader } from './weights/safetensors.js';
+export type { TensorEntry, SafetensorsHeader, StDType } from './weights/safetensors.js';
+
+export {
+  LightningMoeError,
+  ConfigError,
+  WeightsError,
+  TokenizerError,
+  ShapeError,
+  UnsupportedError,
+  InvalidArgumentError,
+  AbortError,
+  DisposedError,
+  InternalError,
+} from './util/errors.js';
+export type { ErrorCode } from './util/errors.js';

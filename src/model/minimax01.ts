@@ -1,0 +1,221 @@
+/**
+ * The MiniMax-01 forward pass (MODEL.md §5–§11), written once over the Backend interface.
+ *
+ * One call runs a varlen batch: several sequences, each contributing some tokens (a whole prompt, a prefill chunk,
+ * or one decode token), concatenated along T. Every op sees the whole batch; only lightning and softmax attention
+ * look at sequence boundaries (segments). So prefill, chunked prefill and decode are the same code path.
+ *
+ *   x  = embed[ids]
+ *   per layer l:  h1 = rms(x) · attn → a;  x1 = h1·α + a·β;  h2 = rms(x1) · moe → m;  x = h2·α + m·β
+ *   logits = rms(x) · lm_headᵀ       (rows requested only)
+ *
+ * Intermediates carry trace names (`embed`, `attn_norm`, `lightning_out`, `attn_out`, `ffn_norm`, `moe_out`,
+ * `l_out`, `final_norm`) so a trace hook can compare any of them with a reference.
+ */
+
+import type { AttentionSegment, Backend, DType, LightningSegment, Tensor } from '../backend/backend.js';
+import type { ModelConfig } from '../config/config.js';
+import { InvalidArgumentError } from '../util/errors.js';
+import type { LayerWeights, ModelWeights } from './weights.js';
+import { SequenceState } from './state.js';
+
+/**
+ * Called with each named intermediate (layer −1 for model-level ones); `read()` copies it to the host as f32
+ * (only valid during the call).
+ */
+export type TraceHook = (name: string, layer: number, read: () => Float32Array) => void;
+
+export interface ForwardItem {
+  readonly state: SequenceState;
+  /** Token ids to append to this sequence (at least one). */
+  readonly tokens: ArrayLike<number>;
+}
+
+export interface ForwardOptions {
+  /** Which rows get logits: every token, the last token of each item, or none. Default 'last'. */
+  readonly logits?: 'all' | 'last' | 'none';
+  readonly trace?: TraceHook;
+}
+
+/** Logits of the requested rows, row-major [rows, V], in batch order. */
+export interface ForwardResult {
+  readonly logits: Float32Array;
+  readonly rows: number;
+  readonly vocabSize: number;
+}
+
+/** Reusable named scratch buffers, grown on demand, so a forward pass allocates nothing in steady state. */
+class Workspace {
+  private readonly buffers = new Map<string, Tensor>();
+  constructor(private readonly backend: Backend) {}
+
+  get(name: string, shape: readonly number[], dtype: DType): Tensor {
+    const n = shape.reduce((a, b) => a * b, 1);
+    let buf = this.buffers.get(name);
+    if (!buf || buf.shape[0] < n || buf.dtype !== dtype) {
+      if (buf) this.backend.free(buf);
+      buf = this.backend.alloc([Math.max(n, buf ? buf.shape[0] * 2 : 0)], dtype);
+      this.buffers.set(name, buf);
+    }
+    return this.backend.view(buf, shape);
+  }
+
+  dispose(): void {
+    for (const b of this.buffers.values()) this.backend.free(b);
+    this.buffers.clear();
+  }
+}
+
+export class MiniMax01 {
+  private readonly ws: Workspace;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly backend: Backend,
+    readonly weights: ModelWeights,
+    /** Activation dtype of the backend's scratch buffers. */
+    private readonly actDType: DType = 'f32',
+  ) {
+    this.ws = new Workspace(backend);
+  }
+
+  /** Fresh caches for one sequence (zero lightning states, empty KV). */
+  newSequence(): SequenceState {
+    return new SequenceState(this.backend, this.config, this.actDType === 'f32' ? 'f32' : 'bf16');
+  }
+
+  forward(items: readonly ForwardItem[], options: ForwardOptions = {}): ForwardResult {
+    const c = this.config, b = this.backend, ws = this.ws;
+    const { hiddenSize: D, vocabSize: V } = c;
+    const act = this.actDType;
+    const trace = options.trace;
+
+    // ---- the batch: ids, positions, segments ----
+    let T = 0;
+    for (const it of items) {
+      if (it.tokens.length === 0) throw new InvalidArgumentError('forward: every sequence needs at least one token', { param: 'tokens' });
+      T += it.tokens.length;
+    }
+    const ids = new Int32Array(T), positions = new Int32Array(T);
+    const lin: LightningSegment[] = [];
+    const soft: { start: number; length: number; past: number; state: SequenceState }[] = [];
+    let start = 0;
+    for (const it of items) {
+      const n = it.tokens.length, past = it.state.position;
+      for (let i = 0; i < n; i++) {
+        const id = it.tokens[i];
+        if (!Number.isInteger(id) || id < 0 || id >= V) {
+          throw new InvalidArgumentError(`token id ${id} is out of range: the vocabulary has ${V} ids [0, ${V - 1}]`, { param: 'ids' });
+        }
+        ids[start + i] = id;
+        positions[start + i] = past + i;
+      }
+      it.state.reserve(past + n);
+      soft.push({ start, length: n, past, state: it.state });
+      start += n;
+    }
+    const idsT = b.upload([T], 'i32', ids);
+    const posT = b.upload([T], 'i32', positions);
+
+    // ---- layers ----
+    const x = ws.get('x', [T, D], act);
+    b.embedding(x, this.weights.embed, idsT);
+    trace?.('embed', -1, () => b.toFloat32(x));
+    const h = ws.get('h', [T, D], act);
+    for (let l = 0; l < c.numLayers; l++) {
+      const w = this.weights.layers[l];
+      const kind = c.layerTypes[l];
+      b.rmsNorm(h, x, w.inputNorm, c.rmsNormEps);
+      trace?.('attn_norm', l, () => b.toFloat32(h));
+      const a = ws.get('a', [T, D], act);
+      if (w.attn.kind === 'lightning') {
+        const segs = items.map((it, i) => ({ start: soft[i].start, length: soft[i].length, state: it.state.lightning[l]! }));
+        this.lightningBlock(a, h, w.attn, segs, T, l, trace);
+      } else {
+        const segs: AttentionSegment[] = soft.map((s) => ({ start: s.start, length: s.length, past: s.past, ...s.state.kvFor(l) }));
+        this.softmaxBlock(a, h, w.attn, segs, posT, T, l, trace);
+      }
+      // x1 = h1·α + a·β, then h2 = rms(x1): x holds x1, h holds h2
+      b.residualAdd(x, h, c.alpha[kind], a, c.beta[kind]);
+      b.rmsNorm(h, x, w.postNorm, c.rmsNormEps);
+      trace?.('ffn_norm', l, () => b.toFloat32(h));
+      const m = ws.get('m', [T, D], act);
+      this.moeBlock(m, h, w, T);
+      trace?.('moe_out', l, () => b.toFloat32(m));
+      b.residualAdd(x, h, c.alpha.mlp, m, c.beta.mlp);
+      trace?.('l_out', l, () => b.toFloat32(x));
+    }
+    for (const it of items) it.state.position += it.tokens.length;
+
+    // ---- logits for the requested rows ----
+    const mode = options.logits ?? 'last';
+    if (mode === 'none') return { logits: new Float32Array(0), rows: 0, vocabSize: V };
+    let rowsT = x;
+    let R = T;
+    if (mode === 'last') {
+      R = items.length;
+      const last = Int32Array.from(soft, (s) => s.start + s.length - 1);
+      rowsT = ws.get('rows', [R, D], act);
+      b.gatherRows(rowsT, x, b.upload([R], 'i32', last));
+    }
+    const normed = ws.get('final', [R, D], act);
+    b.rmsNorm(normed, rowsT, this.weights.finalNorm, c.rmsNormEps);
+    trace?.('final_norm', -1, () => b.toFloat32(normed));
+    const logits = ws.get('logits', [R, V], 'f32');
+    b.linear(logits, normed, this.weights.lmHead);
+    return { logits: b.toFloat32(logits), rows: R, vocabSize: V };
+  }
+
+  /** MODEL.md §8: qkv = silu(h·Wqkvᵀ) → lightning → rms(·, 1e-6) → ⊙ sigmoid(h·Wgateᵀ) → ·Woutᵀ. */
+  private lightningBlock(out: Tensor, h: Tensor, w: Extract<LayerWeights['attn'], { kind: 'lightning' }>, segs: LightningSegment[], T: number, l: number, trace?: TraceHook): void {
+    const { numHeads: H, headDim: Dh } = this.config;
+    const b = this.backend, ws = this.ws, act = this.actDType;
+    const qkv = ws.get('qkv', [T, 3 * H * Dh], act);
+    b.linear(qkv, h, w.qkv);
+    b.siluInPlace(qkv);
+    const o = ws.get('o', [T, H * Dh], act);
+    b.lightningAttention(o, qkv, w.slopes, segs, this.config.blockSize);
+    trace?.('lightning_out', l, () => b.toFloat32(o));
+    b.rmsNorm(o, o, w.norm, this.config.lightningNormEps);
+    const g = ws.get('g', [T, H * Dh], act);
+    b.linear(g, h, w.gate);
+    b.sigmoidMul(o, g, o);
+    b.linear(out, o, w.out);
+    trace?.('attn_out', l, () => b.toFloat32(out));
+  }
+
+  /** MODEL.md §9: q/k/v projections, partial NeoX RoPE, KV append, causal GQA, o-proj. */
+  private softmaxBlock(out: Tensor, h: Tensor, w: Extract<LayerWeights['attn'], { kind: 'softmax' }>, segs: AttentionSegment[], pos: Tensor, T: number, l: number, trace?: TraceHook): void {
+    const { numHeads: H, numKvHeads: Hkv, headDim: Dh, rotaryDim, ropeTheta } = this.config;
+    const b = this.backend, ws = this.ws, act = this.actDType;
+    const q = ws.get('q', [T, H, Dh], act);
+    const k = ws.get('k', [T, Hkv, Dh], act);
+    const v = ws.get('v', [T, Hkv, Dh], act);
+    b.linear(b.view(q, [T, H * Dh]), h, w.q);
+    b.linear(b.view(k, [T, Hkv * Dh]), h, w.k);
+    b.linear(b.view(v, [T, Hkv * Dh]), h, w.v);
+    b.rope(q, pos, rotaryDim, ropeTheta);
+    b.rope(k, pos, rotaryDim, ropeTheta);
+    b.kvAppend(k, v, segs);
+    const o = ws.get('o', [T, H, Dh], act);
+    b.attention(o, q, segs, 1 / Math.sqrt(Dh));
+    b.linear(out, b.view(o, [T, H * Dh]), w.o);
+    trace?.('attn_out', l, () => b.toFloat32(out));
+  }
+
+  /** MODEL.md §10: fp32 router softmax → top-K → renormalise → SwiGLU experts → weighted sum. */
+  private moeBlock(out: Tensor, h: Tensor, w: LayerWeights, T: number): void {
+    const { numExperts: E, numExpertsPerTok: K } = this.config;
+    const b = this.backend, ws = this.ws;
+    const logits = ws.get('router', [T, E], 'f32');
+    b.linear(logits, h, w.router);
+    const idx = ws.get('topk_idx', [T, K], 'i32');
+    const wts = ws.get('topk_w', [T, K], 'f32');
+    b.moeRoute(idx, wts, logits);
+    b.moeExperts(out, h, idx, wts, w.w13, w.w2);
+  }
+
+  dispose(): void {
+    this.ws.dispose();
+  }
+}

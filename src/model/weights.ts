@@ -1,0 +1,107 @@
+/**
+ * The model's weights on a backend, and loading them from a checkpoint: the slot plan of weights/names.ts is
+ * filled by streaming each source tensor in bounded chunks straight into its slot (no shard is read whole).
+ * Linear weights stay [out, in]; experts are packed per layer as w13 [E, 2I, D] and w2 [E, D, I].
+ */
+
+import type { Backend, DType, Tensor } from '../backend/backend.js';
+import type { ModelConfig } from '../config/config.js';
+import type { Checkpoint } from '../weights/checkpoint.js';
+import { planWeights } from '../weights/names.js';
+import { DTYPE_BYTES } from '../weights/safetensors.js';
+import { assert } from '../util/errors.js';
+
+export interface LightningAttentionWeights {
+  readonly kind: 'lightning';
+  /** [3·H·Dh, D], per head q | k | v rows. */
+  readonly qkv: Tensor;
+  /** Output gate [H·Dh, D]. */
+  readonly gate: Tensor;
+  /** Output RMSNorm weight [H·Dh]. */
+  readonly norm: Tensor;
+  /** [D, H·Dh]. */
+  readonly out: Tensor;
+  /** fp32 [H] decay rates of this layer (derived, MODEL.md §8.3). */
+  readonly slopes: Tensor;
+}
+
+export interface SoftmaxAttentionWeights {
+  readonly kind: 'softmax';
+  readonly q: Tensor; // [H·Dh, D]
+  readonly k: Tensor; // [Hkv·Dh, D]
+  readonly v: Tensor; // [Hkv·Dh, D]
+  readonly o: Tensor; // [D, H·Dh]
+}
+
+export interface LayerWeights {
+  readonly inputNorm: Tensor; // [D]
+  readonly postNorm: Tensor; // [D]
+  readonly attn: LightningAttentionWeights | SoftmaxAttentionWeights;
+  /** fp32 [E, D]. */
+  readonly router: Tensor;
+  readonly w13: Tensor; // [E, 2I, D]
+  readonly w2: Tensor; // [E, D, I]
+}
+
+export interface ModelWeights {
+  readonly embed: Tensor; // [V, D]
+  readonly finalNorm: Tensor; // [D]
+  /** [V, D]; the embedding itself when tied. */
+  readonly lmHead: Tensor;
+  readonly layers: readonly LayerWeights[];
+}
+
+/** Progress of a weight upload, in checkpoint bytes. */
+export interface WeightLoadProgress {
+  readonly tensor: string;
+  readonly loadedBytes: number;
+  readonly totalBytes: number;
+}
+
+export interface LoadWeightsOptions {
+  /** Storage dtype for everything but routers and slopes (the CPU backend keeps f32 regardless). */
+  readonly dtype?: DType;
+  readonly onProgress?: (p: WeightLoadProgress) => void;
+  readonly signal?: AbortSignal;
+  /** Computes the fp32 slopes of a lightning layer. */
+  readonly slopes: (layer: number) => Float32Array;
+}
+
+export async function loadWeights(backend: Backend, config: ModelConfig, ckpt: Checkpoint, opts: LoadWeightsOptions): Promise<ModelWeights> {
+  const plan = planWeights(config, ckpt.tensors, ckpt.dir);
+  let totalBytes = 0;
+  for (const slot of plan) for (const s of slot.sources) totalBytes += ckpt.tensors.get(s.tensor)!.byteLength;
+  let loadedBytes = 0;
+  const slots = new Map<string, Tensor>();
+  for (const slot of plan) {
+    const t = backend.alloc(slot.shape, slot.keepFp32 ? 'f32' : (opts.dtype ?? 'f32'));
+    for (const src of slot.sources) {
+      const entry = ckpt.tensors.get(src.tensor)!;
+      const bytesPer = DTYPE_BYTES[entry.dtype];
+      let offset = src.offset;
+      for await (const chunk of ckpt.chunks(src.tensor)) {
+        opts.signal?.throwIfAborted();
+        backend.writeBytes(t, offset, chunk, entry.dtype);
+        offset += chunk.byteLength / bytesPer;
+        loadedBytes += chunk.byteLength;
+        opts.onProgress?.({ tensor: src.tensor, loadedBytes, totalBytes });
+      }
+    }
+    slots.set(slot.key, t);
+  }
+  const get = (key: string): Tensor => {
+    const t = slots.get(key);
+    assert(t, `weight slot ${key} was not planned`);
+    return t;
+  };
+  const layers: LayerWeights[] = config.layerTypes.map((kind, l) => {
+    const k = (name: string) => get(`layers.${l}.${name}`);
+    const attn: LayerWeights['attn'] =
+      kind === 'lightning'
+        ? { kind, qkv: k('qkv'), gate: k('gate'), norm: k('norm'), out: k('out'), slopes: backend.upload([config.numHeads], 'f32', opts.slopes(l)) }
+        : { kind, q: k('q'), k: k('k'), v: k('v'), o: k('o') };
+    return { inputNorm: k('inputNorm'), postNorm: k('postNorm'), attn, router: k('router'), w13: k('w13'), w2: k('w2') };
+  });
+  const embed = get('embed');
+  return { embed, finalNorm: get('finalNorm'), lmHead: config.tieWordEmbeddings ? embed : get('lmHead'), layers };
+}
