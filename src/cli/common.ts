@@ -1,0 +1,105 @@
+/**
+ * Pieces shared by the CLI commands: the --model/--device options, sampling flags, and loading a model with a
+ * progress bar on stderr (only when stderr is a terminal, so pipes and --json output stay clean).
+ */
+
+import { loadModel, type Device, type Model } from '../engine/model.js';
+import type { GenerateOptions } from '../engine/generate.js';
+import { int, idList, list, num, str, UsageError, type OptionSpec } from './args.js';
+
+export const MODEL_OPTIONS: OptionSpec = {
+  model: { type: 'string', short: 'm' },
+  device: { type: 'string' },
+  verbose: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+export const SAMPLING_OPTIONS: OptionSpec = {
+  'max-tokens': { type: 'string', short: 'n' },
+  temperature: { type: 'string', short: 't' },
+  'top-k': { type: 'string' },
+  'top-p': { type: 'string' },
+  seed: { type: 'string' },
+  stop: { type: 'string', multiple: true },
+  'stop-token-id': { type: 'string', multiple: true },
+  'ignore-eos': { type: 'boolean' },
+};
+
+export const MODEL_HELP = `  -m, --model DIR        checkpoint directory (config.json, *.safetensors, tokenizer.json)
+      --device NAME      cpu | auto (default auto)
+      --verbose          print stack traces on errors
+  -h, --help             show this help`;
+
+export const SAMPLING_HELP = `  -n, --max-tokens N     most tokens to generate (default 256, or generation_config.json)
+  -t, --temperature T    0 = greedy; default 1 (greedy when generation_config.json says do_sample: false)
+      --top-k K          sample from the K most likely tokens (0 = off)
+      --top-p P          nucleus sampling threshold in (0, 1] (1 = off)
+      --seed S           integer seed; the same seed gives the same output
+      --stop STR         stop before this literal string (repeatable)
+      --stop-token-id ID stop at this token id (repeatable)
+      --ignore-eos       keep generating through end-of-sequence tokens`;
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+export function requireModel(v: Values, command: string): string {
+  const dir = str(v.model);
+  if (!dir) throw new UsageError('--model DIR is required', command);
+  return dir;
+}
+
+export function device(v: Values, command: string): Device {
+  const d = str(v.device) ?? 'auto';
+  if (d !== 'cpu' && d !== 'auto') throw new UsageError(`--device: expected cpu or auto, got "${d}"`, command);
+  return d;
+}
+
+export function samplingOptions(v: Values, command: string): GenerateOptions {
+  const stopIds = list(v['stop-token-id']).flatMap((s) => idList(s, 'stop-token-id', command) ?? []);
+  return {
+    maxTokens: int(v['max-tokens'], 'max-tokens', 1, command),
+    temperature: num(v.temperature, 'temperature', command, (x) => x >= 0 && x <= 100, '[0, 100]'),
+    topK: int(v['top-k'], 'top-k', 0, command),
+    topP: num(v['top-p'], 'top-p', command, (x) => x > 0 && x <= 1, '(0, 1]'),
+    seed: int(v.seed, 'seed', 0, command),
+    stop: list(v.stop).length > 0 ? list(v.stop) : undefined,
+    stopTokenIds: stopIds.length > 0 ? stopIds : undefined,
+    ignoreEos: v['ignore-eos'] === true,
+  };
+}
+
+/** Loads the model, drawing a progress bar on stderr when it is a terminal. */
+export async function loadWithProgress(dir: string, dev: Device, signal?: AbortSignal): Promise<Model> {
+  const tty = process.stderr.isTTY === true;
+  let last = 0;
+  const model = await loadModel(dir, {
+    device: dev,
+    signal,
+    onProgress: (e) => {
+      if (!tty) return;
+      if (e.status === 'weights') {
+        const now = performance.now();
+        if (now - last < 100 && e.loadedBytes < e.totalBytes) return;
+        last = now;
+        const frac = e.totalBytes > 0 ? e.loadedBytes / e.totalBytes : 1;
+        const width = 30, filled = Math.round(frac * width);
+        process.stderr.write(
+          `\rloading weights [${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${mb(e.loadedBytes)}/${mb(e.totalBytes)} MB`,
+        );
+      } else {
+        process.stderr.write(`\rloaded ${mb(e.totalBytes)} MB in ${e.seconds.toFixed(1)} s (${(e.totalBytes / 1e9 / Math.max(e.seconds, 1e-9)).toFixed(2)} GB/s)${' '.repeat(20)}\n`);
+      }
+    },
+  });
+  return model;
+}
+
+function mb(bytes: number): string {
+  return (bytes / 1e6).toFixed(1);
+}
+
+/** Writes to stdout and waits for the stream to drain (large JSON payloads, pipes). */
+export function writeOut(text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    process.stdout.write(text, (err) => (err ? reject(err) : resolve()));
+  });
+}
