@@ -83,10 +83,10 @@ export async function loadWithProgress(dir: string, dev: Device, signal?: AbortS
         const frac = e.totalBytes > 0 ? e.loadedBytes / e.totalBytes : 1;
         const width = 30, filled = Math.round(frac * width);
         process.stderr.write(
-          `\rloading weights [${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${mb(e.loadedBytes)}/${mb(e.totalBytes)} MB`,
+          `\r\x1b[Kloading weights [${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}%  ${mb(e.loadedBytes)}/${mb(e.totalBytes)} MB`,
         );
       } else {
-        process.stderr.write(`\rloaded ${mb(e.totalBytes)} MB in ${e.seconds.toFixed(1)} s (${(e.totalBytes / 1e9 / Math.max(e.seconds, 1e-9)).toFixed(2)} GB/s)${' '.repeat(20)}\n`);
+        process.stderr.write(`\r\x1b[Kloaded ${mb(e.totalBytes)} MB in ${e.seconds.toFixed(1)} s (${(e.totalBytes / 1e9 / Math.max(e.seconds, 1e-9)).toFixed(2)} GB/s)\n`);
       }
     },
   });

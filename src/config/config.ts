@@ -244,15 +244,26 @@ export function parseModelConfig(raw: unknown, file = 'config.json'): ModelConfi
 
   // MODEL.md §2 rule 3: rotary_dim, else partial_rotary_factor · Dh, else the whole head.
   let rotaryDim: number;
-  if (c.rotary_dim != null) rotaryDim = c.rotary_dim;
-  else if (partialFactor !== undefined) {
+  // The key the value came from, so that an error names what to fix.
+  let rotarySource: string;
+  if (c.rotary_dim != null) {
+    rotaryDim = c.rotary_dim;
+    rotarySource = 'rotary_dim';
+  } else if (partialFactor !== undefined) {
+    rotarySource = c.partial_rotary_factor !== undefined ? 'partial_rotary_factor' : 'rope_parameters.partial_rotary_factor';
     rotaryDim = Math.round(partialFactor * headDim);
     if (Math.abs(rotaryDim - partialFactor * headDim) > 1e-9) {
-      throw new ConfigError(`${file}: partial_rotary_factor ${partialFactor} × head_dim ${headDim} is not an integer`, { file, field: 'partial_rotary_factor' });
+      throw new ConfigError(`${file}: ${rotarySource} ${partialFactor} × head_dim ${headDim} is not an integer`, { file, field: rotarySource });
     }
-  } else rotaryDim = headDim;
+  } else {
+    rotaryDim = headDim;
+    rotarySource = 'head_dim';
+  }
   if (rotaryDim % 2 !== 0 || rotaryDim <= 0 || rotaryDim > headDim) {
-    throw new ConfigError(`${file}: rotary dims must be even and in (0, head_dim = ${headDim}], got ${rotaryDim}`, { file, field: 'rotary_dim' });
+    throw new ConfigError(
+      `${file}: rotary dims (from ${rotarySource}) must be even and in (0, head_dim = ${headDim}], got ${rotaryDim}`,
+      { file, field: rotarySource },
+    );
   }
 
   const ids = (v: number | number[] | null | undefined): number[] => (v == null ? [] : Array.isArray(v) ? v : [v]);
@@ -313,7 +324,10 @@ export async function readJsonFile(
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new ErrorClass(`${file}: invalid JSON (${(e as Error).message})`, { file });
+    // V8 quotes the offending source text, newlines included: flatten it so the message stays one line.
+    // eslint-disable-next-line no-control-regex
+    const why = (e as Error).message.replace(/[\u0000-\u001f\u007f\u2028\u2029]+/g, ' ');
+    throw new ErrorClass(`${file}: invalid JSON (${why})`, { file });
   }
 }
 

@@ -914,8 +914,9 @@ function normalizeMessages(messages: readonly ChatMessage[]): Record<string, unk
   if (!Array.isArray(messages)) badMessage(`messages must be an array, got ${describe(messages)}`);
   return messages.map((m: unknown, i) => {
     if (!isObject(m)) badMessage(`messages[${i}] must be an object, got ${describe(m)}`);
-    const role = m.role;
-    if (typeof role !== 'string') badMessage(`messages[${i}].role must be a string, got ${describe(role)}`);
+    if (typeof m.role !== 'string') badMessage(`messages[${i}].role must be a string, got ${describe(m.role)}`);
+    // OpenAI's newer name for the system role; the MiniMax template only knows "system" and would drop it silently.
+    const role = m.role === 'developer' ? 'system' : m.role;
     const raw = m.content;
     const parts: { text: string; name?: string }[] = [];
     if (typeof raw === 'string') {
@@ -945,7 +946,7 @@ function normalizeMessages(messages: readonly ChatMessage[]): Record<string, unk
     } else {
       content = parts.map((p) => ({ type: 'text', text: p.text }));
     }
-    return { ...m, content };
+    return { ...m, role, content };
   });
 }
 

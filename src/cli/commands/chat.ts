@@ -37,21 +37,18 @@ export async function run(argv: string[]): Promise<number> {
   const interactive = process.stdin.isTTY === true;
   const rl = readline.createInterface({ input: process.stdin, output: interactive ? process.stdout : undefined, terminal: interactive });
   let replying: AbortController | undefined;
-  let closed = false;
   rl.on('SIGINT', () => {
     if (replying) replying.abort();
     else rl.close();
-  });
-  rl.on('close', () => {
-    closed = true;
   });
   if (interactive) process.stdout.write(`chatting with ${dir} (/reset, /exit)\n`);
   try {
     const lines = rl[Symbol.asyncIterator]();
     for (;;) {
       if (interactive) process.stdout.write('> ');
+      // Over a pipe, stdin may close while a reply is generating; the iterator still yields the buffered lines.
       const next = await lines.next();
-      if (next.done || closed) break;
+      if (next.done) break;
       const line = next.value.trim();
       if (line === '') continue;
       if (line === '/exit' || line === '/quit') break;
