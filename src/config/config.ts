@@ -118,7 +118,7 @@ const common = z
 
 const originalKeys = z
   .object({
-    attn_type_list: z.array(z.union([z.literal(0), z.literal(1)])),
+    attn_type_list: z.array(z.union([z.literal(0), z.literal(1)], { error: 'expected 0 (lightning) or 1 (softmax)' })),
     postnorm: z.boolean().optional(),
     layernorm_linear_attention_alpha: finite.optional(),
     layernorm_linear_attention_beta: finite.optional(),
@@ -131,7 +131,7 @@ const originalKeys = z
 
 const nativeKeys = z
   .object({
-    layer_types: z.array(z.enum(['linear_attention', 'full_attention'])),
+    layer_types: z.array(z.enum(['linear_attention', 'full_attention'], { error: 'expected "linear_attention" or "full_attention"' })),
     block_size: posInt(1 << 16).optional(),
     linear_attn_alpha_factor: finite.optional(),
     linear_attn_beta_factor: finite.optional(),
@@ -235,12 +235,8 @@ export function parseModelConfig(raw: unknown, file = 'config.json'): ModelConfi
     const key = layout === 'original' ? 'attn_type_list' : 'layer_types';
     throw new ConfigError(`${file}: ${key} has ${layerTypes.length} entries, expected num_hidden_layers = ${L}`, { file, field: key });
   }
-  if (ropeTheta === undefined) {
-    if (layerTypes.includes('softmax')) {
-      throw new ConfigError(`${file}: no RoPE base: expected "rope_theta" or "rope_parameters.rope_theta"`, { file, field: 'rope_theta' });
-    }
-    ropeTheta = 10000;
-  }
+  // Both config classes derive from Mixtral's, whose default RoPE base is 1e6; released configs always set it.
+  ropeTheta ??= 1_000_000;
 
   // MODEL.md §2 rule 3: rotary_dim, else partial_rotary_factor · Dh, else the whole head.
   let rotaryDim: number;

@@ -22,7 +22,7 @@ import { loadWeights } from '../model/weights.js';
 import { Tokenizer, type ChatMessage, type ChatTemplateOptions } from '../tokenizer/index.js';
 import { Checkpoint } from '../weights/checkpoint.js';
 import { ConfigError, DisposedError, InvalidArgumentError, TokenizerError, UnsupportedError } from '../util/errors.js';
-import { generateAll, generateStream, type GenerateOptions, type GenerationResult, type StreamEvent } from './generate.js';
+import { generateAll, generateStream, type GenerateOptions, type GenerationContext, type GenerationResult, type StreamEvent } from './generate.js';
 import { Session } from './session.js';
 
 /** Where the model runs. 'auto' picks the best available backend (today: the CPU). */
@@ -111,8 +111,8 @@ export class Model {
   }
 
   /** Streams generated tokens and text. The last event is `{type: 'done'}` with the finish reason and usage. */
-  stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    return this.run(this.promptIds(prompt), options);
+  async *stream(prompt: Prompt, options: GenerateOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+    yield* this.run(this.promptIds(prompt), options);
   }
 
   async generate(prompt: Prompt, options: GenerateOptions = {}): Promise<GenerationResult> {
@@ -124,8 +124,8 @@ export class Model {
     return this.collect(this.chatIds(messages, options), options);
   }
 
-  chatStream(messages: readonly ChatMessage[], options: ChatOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
-    return this.run(this.chatIds(messages, options), options);
+  async *chatStream(messages: readonly ChatMessage[], options: ChatOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+    yield* this.run(this.chatIds(messages, options), options);
   }
 
   dispose(): void {
@@ -149,16 +149,20 @@ export class Model {
     return [...prompt];
   }
 
-  private checkIds(ids: readonly number[]): void {
+  private checkIds(ids: readonly number[], param = 'ids'): void {
     const V = this.config.vocabSize;
     for (const id of ids) {
       if (!Number.isInteger(id) || id < 0 || id >= V) {
-        throw new InvalidArgumentError(`token id ${id} is out of range: the vocabulary has ${V} ids [0, ${V - 1}]`, { param: 'ids' });
+        throw new InvalidArgumentError(`token id ${id} is out of range: the vocabulary has ${V} ids [0, ${V - 1}]`, { param });
       }
     }
   }
 
   private withDefaults(o: GenerateOptions): GenerateOptions {
+    if (o.stopTokenIds !== undefined) {
+      if (!Array.isArray(o.stopTokenIds)) throw new InvalidArgumentError('stopTokenIds must be an array of token ids', { param: 'stopTokenIds' });
+      this.checkIds(o.stopTokenIds, 'stopTokenIds');
+    }
     const d = this.generationDefaults;
     return {
       ...o,
@@ -172,16 +176,7 @@ export class Model {
   private async *run(prompt: number[], options: GenerateOptions): AsyncGenerator<StreamEvent, void, undefined> {
     const session = this.createSession();
     try {
-      yield* generateStream(
-        {
-          session,
-          prompt,
-          eosTokenIds: this.eosTokenIds,
-          decoder: this.tok?.createDecoder({ skipSpecialTokens: true }),
-          maxContext: this.config.maxPositionEmbeddings,
-        },
-        this.withDefaults(options),
-      );
+      yield* generateStream(this.context(session, prompt), this.withDefaults(options));
     } finally {
       session.dispose();
     }
@@ -190,19 +185,20 @@ export class Model {
   private async collect(prompt: number[], options: GenerateOptions): Promise<GenerationResult> {
     const session = this.createSession();
     try {
-      return await generateAll(
-        {
-          session,
-          prompt,
-          eosTokenIds: this.eosTokenIds,
-          decoder: this.tok?.createDecoder({ skipSpecialTokens: true }),
-          maxContext: this.config.maxPositionEmbeddings,
-        },
-        this.withDefaults(options),
-      );
+      return await generateAll(this.context(session, prompt), this.withDefaults(options));
     } finally {
       session.dispose();
     }
+  }
+
+  private context(session: Session, prompt: number[]): GenerationContext {
+    return {
+      session,
+      prompt,
+      eosTokenIds: this.eosTokenIds,
+      decoder: this.tok?.createDecoder({ skipSpecialTokens: true }),
+      maxContext: this.config.maxPositionEmbeddings,
+    };
   }
 
   private ensureLive(): void {

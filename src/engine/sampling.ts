@@ -24,18 +24,25 @@ export class Rng {
   private s3: number;
 
   constructor(seed: number) {
-    let x = (seed >>> 0) ^ Math.floor(seed / 2 ** 32);
-    const next = (): number => {
-      x = (x + 0x9e3779b9) | 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-      return (z ^ (z >>> 16)) >>> 0;
+    // Low and high 32 bits seed separate halves of the state: every safe-integer seed gives its own stream
+    // (splitmix32's first output is a bijection of its start value).
+    const lo = seed >>> 0;
+    const hi = Math.floor(seed / 2 ** 32) >>> 0;
+    const splitmix = (start: number): (() => number) => {
+      let x = start | 0;
+      return () => {
+        x = (x + 0x9e3779b9) | 0;
+        let z = x;
+        z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+        z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+        return (z ^ (z >>> 16)) >>> 0;
+      };
     };
-    this.s0 = next();
-    this.s1 = next();
-    this.s2 = next();
-    this.s3 = next();
+    const a = splitmix(lo), b = splitmix(hi ^ 0x6a09e667);
+    this.s0 = a();
+    this.s1 = a();
+    this.s2 = b();
+    this.s3 = b();
   }
 
   /** Uniform in [0, 1). */
@@ -85,6 +92,9 @@ export function argmax(logits: Float32Array, offset = 0, n = logits.length - off
   return best;
 }
 
+/** Candidates tried first for top-p sampling over a large vocabulary. */
+const FAST_NUCLEUS = 512;
+
 /** Samples one token id from logits[offset, offset + n). */
 export class Sampler {
   private readonly rng: Rng;
@@ -121,6 +131,19 @@ export class Sampler {
       for (let i = 0; i < n; i++) sum += probs[i] = Math.exp((logits[offset + i] - max) * invT);
       return this.draw(probs, null, n, sum);
     }
+    if (this.topK === 0 && n > 8 * FAST_NUCLEUS) {
+      // Top-p alone over a large vocabulary: the nucleus is almost always within the few hundred most likely tokens,
+      // so try those (a heap, O(n log m)) before sorting the whole vocabulary.
+      let total = 0;
+      for (let i = 0; i < n; i++) total += Math.exp((logits[offset + i] - max) * invT);
+      const order = topIndices(logits, offset, n, FAST_NUCLEUS, this.order);
+      const target = this.topP * total * (1 - 1e-6);
+      let cum = 0;
+      for (let i = 0; i < FAST_NUCLEUS; i++) {
+        cum += probs[i] = Math.exp((logits[offset + order[i]] - max) * invT);
+        if (cum >= target) return this.draw(probs, order, i + 1, cum);
+      }
+    }
     // Candidates in descending logit order (ties to the lower id): the top k, or all tokens for top-p alone.
     const m0 = this.topK > 0 ? Math.min(this.topK, n) : n;
     const order = topIndices(logits, offset, n, m0, this.order);
@@ -128,10 +151,13 @@ export class Sampler {
     for (let i = 0; i < m0; i++) sum += probs[i] = Math.exp((logits[offset + order[i]] - max) * invT);
     let m = m0;
     if (this.topP < 1) {
+      // A relative slack of 1e-6 absorbs the f32 rounding of the logits, so that a prefix whose mass is exactly p
+      // counts as reaching it whatever constant the logits are shifted by (softmax is shift-invariant).
+      const target = this.topP * sum * (1 - 1e-6);
       let cum = 0;
       for (let i = 0; i < m0; i++) {
         cum += probs[i];
-        if (cum >= this.topP * sum) {
+        if (cum >= target) {
           m = i + 1;
           break;
         }

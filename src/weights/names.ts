@@ -116,7 +116,9 @@ export function planWeights(config: ModelConfig, tensors: ReadonlyMap<string, Te
   if (missing.length > 0) {
     throw new WeightsError(`${file}: ${missing.length} tensor(s) missing: ${listNames(missing)}`, { tensor: missing[0] });
   }
-  const unexpected = [...tensors.keys()].filter((n) => !used.has(n) && !IGNORED.test(n));
+  // With tied embeddings the head IS the embedding (transformers ties them at load and ignores a stored copy).
+  const ignoredHead = config.tieWordEmbeddings ? 'lm_head.weight' : undefined;
+  const unexpected = [...tensors.keys()].filter((n) => !used.has(n) && !IGNORED.test(n) && n !== ignoredHead);
   if (unexpected.length > 0) {
     throw new WeightsError(
       `${file}: ${unexpected.length} unexpected tensor(s): ${listNames(unexpected)} (an unsupported variant, or a config.json that does not match the weights)`,

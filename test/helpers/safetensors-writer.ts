@@ -111,22 +111,33 @@ export function rewriteHeader(file: string, edit: (header: Record<string, any>) 
   fs.writeFileSync(file, concat([encodeHeader(next), data]));
 }
 
+/** The tensors of an existing safetensors file, in data order, as writer input (views of the file's bytes). */
+export function readTensors(file: string): { tensors: Map<string, WriterTensor>; metadata: Record<string, string> | undefined } {
+  const { header, data } = readRawSafetensors(file);
+  const entries = Object.entries(header).filter(([k]) => k !== '__metadata__') as [string, { dtype: string; shape: number[]; data_offsets: [number, number] }][];
+  entries.sort((a, b) => a[1].data_offsets[0] - b[1].data_offsets[0]);
+  const tensors = new Map<string, WriterTensor>();
+  for (const [name, e] of entries) tensors.set(name, { dtype: e.dtype, shape: e.shape, data: data.subarray(e.data_offsets[0], e.data_offsets[1]) });
+  return { tensors, metadata: header.__metadata__ ?? undefined };
+}
+
 /**
  * Rewrites `file` without the tensors in `drop`, keeping the others' bytes (the data buffer is repacked so the
  * file stays valid). Returns the names that were removed.
  */
 export function removeTensors(file: string, drop: (name: string) => boolean): string[] {
-  const { header, data } = readRawSafetensors(file);
-  const kept = new Map<string, WriterTensor>();
-  const removed: string[] = [];
-  const entries = Object.entries(header).filter(([k]) => k !== '__metadata__') as [string, { dtype: string; shape: number[]; data_offsets: [number, number] }][];
-  entries.sort((a, b) => a[1].data_offsets[0] - b[1].data_offsets[0]);
-  for (const [name, e] of entries) {
-    if (drop(name)) removed.push(name);
-    else kept.set(name, { dtype: e.dtype, shape: e.shape, data: data.subarray(e.data_offsets[0], e.data_offsets[1]) });
-  }
-  writeSafetensors(file, kept, header.__metadata__ ?? undefined);
+  const { tensors, metadata } = readTensors(file);
+  const removed = [...tensors.keys()].filter(drop);
+  for (const name of removed) tensors.delete(name);
+  writeSafetensors(file, tensors, metadata);
   return removed;
+}
+
+/** Rewrites `file` with `extra` tensors appended after the existing ones (whose bytes are kept). */
+export function addTensors(file: string, extra: WriterTensors): void {
+  const { tensors, metadata } = readTensors(file);
+  for (const [name, t] of extra instanceof Map ? extra.entries() : Object.entries(extra as Record<string, WriterTensor>)) tensors.set(name, t);
+  writeSafetensors(file, tensors, metadata);
 }
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {

@@ -4,7 +4,7 @@
  * edge cases, load errors, and the nested-quantifier check on tokenizer.json regexes.
  */
 
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,8 +30,15 @@ const tokenizerConfig = JSON.parse(fs.readFileSync(path.join(DIR, 'tokenizer_con
 const cases = JSON.parse(fs.readFileSync(path.join(DIR, 'cases.json'), 'utf8')) as { encode: EncodeCase[] };
 const tok = Tokenizer.fromObjects(tokenizerJson, tokenizerConfig, DIR);
 
+const tempDirs: string[] = [];
+after(() => {
+  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'lmoe-tok-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lmoe-tok-'));
+  tempDirs.push(d);
+  return d;
 }
 
 function withSplit(regex: string): Record<string, unknown> {
