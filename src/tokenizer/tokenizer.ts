@@ -18,7 +18,10 @@ import { Template } from '@huggingface/jinja';
 import { InvalidArgumentError, TokenizerError } from '../util/errors.js';
 import { IncrementalDecoder } from './decoder.js';
 
+import { findNestedQuantifier, forEachRegex } from './regex-guard.js';
+import { checkTools, describe, normalizeMessages, tooDeep, walkStrings, MAX_VALUE_DEPTH } from './messages.js';
 export { IncrementalDecoder } from './decoder.js';
+export { findNestedQuantifier } from './regex-guard.js';
 export type { DecodeSource, IncrementalDecoderOptions } from './decoder.js';
 
 /** Longest text `encode` accepts, in UTF-16 code units (64 Mi). */
@@ -26,7 +29,6 @@ export const MAX_ENCODE_CHARS = 64 * 1024 * 1024;
 /** Longest chat rendering accepted, in UTF-16 code units (64 Mi). */
 export const MAX_RENDERED_CHARS = 64 * 1024 * 1024;
 /** Deepest nesting of messages / tools values walked when looking for special-token strings. */
-const MAX_VALUE_DEPTH = 64;
 
 export interface ChatContentPart {
   type: string;
@@ -54,193 +56,6 @@ export interface ChatTemplateOptions {
    * they are encoded as ordinary text (see `encodeChat`). Only for trusted callers.
    */
   allowSpecialTokensInContent?: boolean;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// T6: regex safety
-
-/**
- * Looks for a nested quantifier in a regex (Oniguruma / JS syntax): a group repeated more than once (`*`, `+`,
- * `{n,}`, `{n,m}` with m > 1) whose body contains a variable-length repetition (`*`, `+`, `{n,}`, `{n,m}` with
- * m > n and m > 1). Such a group can match the same text in exponentially many ways, which a backtracking
- * engine explores (CWE-1333). Optional parts (`?`) and fixed counts (`{3}`) inside a repeated group are allowed,
- * since they do not create that ambiguity and the common split patterns rely on them. Patterns this scanner cannot
- * follow (unbalanced brackets, unknown group syntax) are reported too: refusing is the safe answer.
- *
- * Not detected (left to the known-pattern tests): overlapping alternatives such as `(a|a)*`, and backreferences.
- *
- * @returns a one-line description of the problem, or undefined when the pattern is acceptable.
- */
-export function findNestedQuantifier(pattern: string): string | undefined {
-  interface Frame {
-    start: number;
-    /** The group body contains a variable-length repetition (directly or in a nested group). */
-    inner: boolean;
-  }
-  type Last = { kind: 'atom' } | { kind: 'group'; frame: Frame } | null;
-  const stack: Frame[] = [{ start: -1, inner: false }];
-  const n = pattern.length;
-  let last: Last = null;
-  let i = 0;
-  while (i < n) {
-    const c = pattern[i];
-    if (c === '\\') {
-      i = skipEscape(pattern, i);
-      last = { kind: 'atom' };
-      continue;
-    }
-    if (c === '[') {
-      const after = skipClass(pattern, i);
-      if (after < 0) return `unterminated character class at offset ${i}`;
-      i = after;
-      last = { kind: 'atom' };
-      continue;
-    }
-    if (c === '(') {
-      let j = i + 1;
-      if (pattern[j] === '?') {
-        const k = pattern[j + 1];
-        if (k === '#') {
-          // (?#comment)
-          const close = pattern.indexOf(')', j);
-          if (close < 0) return `unterminated comment group at offset ${i}`;
-          i = close + 1;
-          continue;
-        }
-        const flagsOnly = /^\?[a-zA-Z]*(?:-[a-zA-Z]*)?\)/.exec(pattern.slice(j, j + 40));
-        if (flagsOnly !== null) {
-          // (?i) changes flags for the rest of the group; it is not an atom.
-          i = j + flagsOnly[0].length;
-          continue;
-        }
-        if (k === ':' || k === '=' || k === '!' || k === '>') j += 2;
-        else if (k === '<' && (pattern[j + 2] === '=' || pattern[j + 2] === '!')) j += 3;
-        else if (k === '<' || k === "'" || (k === 'P' && pattern[j + 2] === '<')) {
-          const close = pattern.indexOf(k === "'" ? "'" : '>', j + 2);
-          if (close < 0) return `unterminated group name at offset ${i}`;
-          j = close + 1;
-        } else {
-          const flagged = /^\?[a-zA-Z]*(?:-[a-zA-Z]*)?:/.exec(pattern.slice(j, j + 40));
-          if (flagged === null) return `unsupported group syntax at offset ${i}`;
-          j += flagged[0].length;
-        }
-      }
-      stack.push({ start: i, inner: false });
-      last = null;
-      i = j;
-      continue;
-    }
-    if (c === ')') {
-      if (stack.length === 1) return `unbalanced ')' at offset ${i}`;
-      const frame = stack.pop() as Frame;
-      if (frame.inner) stack[stack.length - 1].inner = true;
-      last = { kind: 'group', frame };
-      i++;
-      continue;
-    }
-    if (c === '|') {
-      last = null;
-      i++;
-      continue;
-    }
-    const q = readQuantifier(pattern, i);
-    if (q === undefined) {
-      last = { kind: 'atom' };
-      i++;
-      continue;
-    }
-    if (last === null) return `quantifier without a target at offset ${i}`;
-    const repeats = q.max > 1;
-    const variable = q.max > q.min && q.max > 1;
-    if (last.kind === 'group' && last.frame.inner && repeats) {
-      const groupText = pattern.slice(last.frame.start, q.end);
-      return `nested quantifier ${JSON.stringify(shorten(groupText))} at offset ${last.frame.start}`;
-    }
-    if (variable) stack[stack.length - 1].inner = true;
-    last = null;
-    i = q.end;
-  }
-  if (stack.length !== 1) return `unbalanced '(' at offset ${stack[stack.length - 1].start}`;
-  return undefined;
-}
-
-function shorten(s: string): string {
-  return s.length <= 40 ? s : `${s.slice(0, 37)}...`;
-}
-
-/** Index just past the escape sequence starting at `i` (a backslash). */
-function skipEscape(p: string, i: number): number {
-  const k = p[i + 1];
-  if ((k === 'p' || k === 'P' || k === 'u' || k === 'x' || k === 'o') && p[i + 2] === '{') {
-    const close = p.indexOf('}', i + 3);
-    return close < 0 ? p.length : close + 1;
-  }
-  if (k === 'k' && p[i + 2] === '<') {
-    const close = p.indexOf('>', i + 3);
-    return close < 0 ? p.length : close + 1;
-  }
-  return Math.min(i + 2, p.length);
-}
-
-/**
- * Index just past the character class starting at `i` ('['), or -1 if it is not closed. Follows Oniguruma, which
- * tokenizers uses: a ']' right after '[' or '[^' is literal, and '[' inside a class opens a nested class.
- */
-function skipClass(p: string, i: number): number {
-  let j = i + 1;
-  if (p[j] === '^') j++;
-  if (p[j] === ']') j++;
-  while (j < p.length) {
-    const c = p[j];
-    if (c === '\\') j = skipEscape(p, j);
-    else if (c === '[') {
-      const after = skipClass(p, j);
-      if (after < 0) return -1;
-      j = after;
-    } else if (c === ']') return j + 1;
-    else j++;
-  }
-  return -1;
-}
-
-/** The quantifier starting at `i` (with its lazy `?` / possessive `+` suffix), or undefined. */
-function readQuantifier(p: string, i: number): { min: number; max: number; end: number } | undefined {
-  const c = p[i];
-  let min: number;
-  let max: number;
-  let end: number;
-  if (c === '*' || c === '+' || c === '?') {
-    min = c === '+' ? 1 : 0;
-    max = c === '?' ? 1 : Infinity;
-    end = i + 1;
-  } else if (c === '{') {
-    const m = /^\{(\d*)(?:(,)(\d*))?\}/.exec(p.slice(i, i + 24));
-    // `{` that does not form a bound is a literal.
-    if (m === null || (m[1] === '' && m[3] === undefined) || (m[1] === '' && m[3] === '')) return undefined;
-    min = m[1] === '' ? 0 : Number(m[1]);
-    max = m[2] === undefined ? min : m[3] === '' ? Infinity : Number(m[3]);
-    end = i + m[0].length;
-  } else {
-    return undefined;
-  }
-  if (p[end] === '?' || p[end] === '+') end++;
-  return { min, max, end };
-}
-
-/** Calls `visit(regex, jsonPath)` for every `pattern.Regex` in a tokenizer.json component tree. */
-function forEachRegex(value: unknown, where: string, visit: (regex: string, where: string) => void, depth = 0): void {
-  if (depth > MAX_VALUE_DEPTH || value === null || typeof value !== 'object') return;
-  if (Array.isArray(value)) {
-    value.forEach((v, k) => forEachRegex(v, `${where}[${k}]`, visit, depth + 1));
-    return;
-  }
-  for (const [key, v] of Object.entries(value)) {
-    if (key === 'pattern' && v !== null && typeof v === 'object' && typeof (v as { Regex?: unknown }).Regex === 'string') {
-      visit((v as { Regex: string }).Regex, `${where}.pattern.Regex`);
-    } else {
-      forEachRegex(v, `${where}.${key}`, visit, depth + 1);
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -890,86 +705,5 @@ export class Tokenizer {
       this.#plain = new HfTokenizer(json, { ...this.#libConfig, additional_special_tokens: [] });
     }
     return this.#plain;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Message validation and normalisation (T4)
-
-function describe(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'an array';
-  return typeof v;
-}
-
-function badMessage(message: string): never {
-  throw new InvalidArgumentError(message, { param: 'messages' });
-}
-
-function tooDeep(param: string): never {
-  throw new InvalidArgumentError(`${param} is nested more than ${MAX_VALUE_DEPTH} levels deep`, { param });
-}
-
-function normalizeMessages(messages: readonly ChatMessage[]): Record<string, unknown>[] {
-  if (!Array.isArray(messages)) badMessage(`messages must be an array, got ${describe(messages)}`);
-  return messages.map((m: unknown, i) => {
-    if (!isObject(m)) badMessage(`messages[${i}] must be an object, got ${describe(m)}`);
-    if (typeof m.role !== 'string') badMessage(`messages[${i}].role must be a string, got ${describe(m.role)}`);
-    // OpenAI's newer name for the system role; the MiniMax template only knows "system" and would drop it silently.
-    const role = m.role === 'developer' ? 'system' : m.role;
-    const raw = m.content;
-    const parts: { text: string; name?: string }[] = [];
-    if (typeof raw === 'string') {
-      parts.push({ text: raw });
-    } else if (Array.isArray(raw)) {
-      raw.forEach((part: unknown, j) => {
-        const where = `messages[${i}].content[${j}]`;
-        if (!isObject(part)) badMessage(`${where} must be an object, got ${describe(part)}`);
-        if (typeof part.type !== 'string') badMessage(`${where}.type must be a string, got ${describe(part.type)}`);
-        if (part.type !== 'text') badMessage(`${where}: unsupported content part type ${JSON.stringify(part.type)}`);
-        if (typeof part.text !== 'string') badMessage(`${where}.text must be a string, got ${describe(part.text)}`);
-        if (part.name !== undefined && typeof part.name !== 'string') {
-          badMessage(`${where}.name must be a string, got ${describe(part.name)}`);
-        }
-        parts.push(typeof part.name === 'string' ? { text: part.text, name: part.name } : { text: part.text });
-      });
-    } else if (raw !== null && raw !== undefined) {
-      badMessage(`messages[${i}].content must be a string, an array of content parts or null, got ${describe(raw)}`);
-    }
-
-    let content: ChatContentPart[];
-    if (role === 'user' || role === 'system') {
-      content = [{ type: 'text', text: parts.map((p) => p.text).join('') }];
-    } else if (role === 'tool') {
-      const fallback = typeof m.name === 'string' ? m.name : typeof m.tool_call_id === 'string' ? m.tool_call_id : '';
-      content = parts.map((p) => ({ type: 'text', name: p.name ?? fallback, text: p.text }));
-    } else {
-      content = parts.map((p) => ({ type: 'text', text: p.text }));
-    }
-    return { ...m, role, content };
-  });
-}
-
-function checkTools(tools: readonly unknown[] | undefined): readonly unknown[] | undefined {
-  if (tools === undefined || tools === null) return undefined;
-  if (!Array.isArray(tools)) throw new InvalidArgumentError(`tools must be an array, got ${describe(tools)}`, { param: 'tools' });
-  return tools;
-}
-
-/** Calls `visit` on every string (values and object keys) inside `value`. */
-function walkStrings(value: unknown, visit: (s: string) => void, param: string, depth: number): void {
-  if (typeof value === 'string') {
-    visit(value);
-    return;
-  }
-  if (value === null || typeof value !== 'object') return;
-  if (depth >= MAX_VALUE_DEPTH) tooDeep(param);
-  if (Array.isArray(value)) {
-    for (const v of value) walkStrings(v, visit, param, depth + 1);
-    return;
-  }
-  for (const [k, v] of Object.entries(value)) {
-    visit(k);
-    walkStrings(v, visit, param, depth + 1);
   }
 }
