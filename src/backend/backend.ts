@@ -41,6 +41,20 @@ export interface AttentionSegment {
   readonly v: Tensor;
 }
 
+/** Per-row parameters of device-side sampling. */
+export interface SampleParams {
+  /** 0 = greedy (argmax, ties to the lower id). */
+  readonly temperature: number;
+  /** Keep the k most likely tokens; 0 = off. */
+  readonly topK: number;
+  /** Nucleus threshold in (0, 1]; 1 = off. */
+  readonly topP: number;
+  /** RNG seed of the sequence. */
+  readonly seed: number;
+  /** Index of the token being sampled in its sequence: the RNG counter, so a seed replays exactly. */
+  readonly step: number;
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -53,6 +67,13 @@ export interface Backend {
   view(t: Tensor, shape: readonly number[], offset?: number): Tensor;
   /** A new tensor holding host data (f32 from Float32Array, i32 from Int32Array). */
   upload(shape: readonly number[], dtype: DType, data: Float32Array | Int32Array): Tensor;
+  /**
+   * Like upload, for per-step inputs (token ids, positions, row lists): the tensor is only valid until the next
+   * beginStep(). Lets a backend place them where a captured CUDA graph finds them again.
+   */
+  scratchUpload(shape: readonly number[], dtype: DType, data: Float32Array | Int32Array): Tensor;
+  /** Marks the start of a forward pass (a step); per-step memory of the previous step may be reused. */
+  beginStep(): void;
   /**
    * Writes raw checkpoint bytes of dtype `src` into `t` starting at element `offset`, converting to `t`'s dtype.
    * Used to stream weights in bounded chunks (a shard is never read whole).
@@ -120,4 +141,17 @@ export interface Backend {
    * w2: [E, D, I]. out: [T, D] (overwritten), x: [T, D].
    */
   moeExperts(out: Tensor, x: Tensor, indices: Tensor, weights: Tensor, w13: Tensor, w2: Tensor): void;
+
+  // ---- optional capabilities ----
+  /** Samples one token per row of fp32 logits[R, V] into out: i32 [R] on the device (see SampleParams). */
+  sampleTokens?(out: Tensor, logits: Tensor, params: readonly SampleParams[]): void;
+  /** The contents of an i32 tensor on the host. */
+  toInt32?(t: Tensor): Int32Array;
+  /**
+   * Runs `body` — a forward pass that only enqueues work — as a replayable graph cached under `key` (CUDA graphs).
+   * Calls with one key must enqueue the same ops with the same shapes. Absent on backends without graphs.
+   */
+  runGraph?(key: string, body: () => void): void;
+  /** Releases backend-wide resources (graphs, pools). */
+  dispose?(): void;
 }

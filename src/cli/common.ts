@@ -26,7 +26,7 @@ export const SAMPLING_OPTIONS: OptionSpec = {
 };
 
 export const MODEL_HELP = `  -m, --model DIR        checkpoint directory (config.json, *.safetensors, tokenizer.json)
-      --device NAME      cpu | auto (default auto)
+      --device NAME      cuda | cpu | auto (default auto: CUDA when a GPU is usable, else CPU)
       --verbose          print stack traces on errors
   -h, --help             show this help`;
 
@@ -49,7 +49,7 @@ export function requireModel(v: Values, command: string): string {
 
 export function device(v: Values, command: string): Device {
   const d = str(v.device) ?? 'auto';
-  if (d !== 'cpu' && d !== 'auto') throw new UsageError(`--device: expected cpu or auto, got "${d}"`, command);
+  if (d !== 'cpu' && d !== 'cuda' && d !== 'auto') throw new UsageError(`--device: expected cuda, cpu or auto, got "${d}"`, command);
   return d;
 }
 
@@ -75,7 +75,15 @@ export async function loadWithProgress(dir: string, dev: Device, signal?: AbortS
     device: dev,
     signal,
     onProgress: (e) => {
+      if (e.status === 'device') {
+        if (e.fallbackReason && (tty || process.env.LMOE_VERBOSE)) process.stderr.write(`lmoe: using the CPU (${e.fallbackReason})\n`);
+        return;
+      }
       if (!tty) return;
+      if (e.status === 'compile') {
+        if (!e.cached) process.stderr.write(`\r\x1b[Kcompiled ${e.file} in ${e.seconds.toFixed(1)} s\n`);
+        return;
+      }
       if (e.status === 'weights') {
         const now = performance.now();
         if (now - last < 100 && e.loadedBytes < e.totalBytes) return;

@@ -105,29 +105,43 @@ export async function* generateStream(ctx: GenerationContext, options: GenerateO
   const stops = new StopStringMatcher(options.stop ?? []);
   const signal = options.signal;
   const chunk = options.prefillChunkSize ?? 2048;
+  // On a backend that samples on the device only the token id crosses to the host each step; logprobs need the
+  // full row on the host, so they keep the host sampler.
+  const onDevice = session.canSampleOnDevice && !options.logprobs;
+  const deviceSampling = {
+    temperature: options.temperature ?? 1,
+    topK: options.topK ?? 0,
+    topP: options.topP ?? 1,
+    seed: options.seed ?? Math.floor(Math.random() * 2 ** 32),
+  };
 
   const checkAbort = (): void => {
     if (signal?.aborted) throw new AbortError('generation was aborted');
   };
 
-  // Prefill; only the last chunk's last position needs logits.
-  let logits: Float32Array | undefined;
-  for (let i = 0; i < prompt.length; i += chunk) {
+  /** Feeds `tokens` and returns the next token (and its logprob when requested). */
+  const step = (tokens: readonly number[], index: number): { id: number; logprob?: number } => {
+    if (onDevice) return { id: session.appendAndSample(tokens, deviceSampling, index) };
+    const logits = session.append(tokens).row(0);
+    const id = sampler.sample(logits);
+    return options.logprobs ? { id, logprob: logSoftmaxAt(logits, id) } : { id };
+  };
+
+  // Prefill all but the last chunk without logits; the last chunk yields the first token.
+  let i = 0;
+  for (; i + chunk < prompt.length; i += chunk) {
     checkAbort();
-    const part = prompt.slice(i, i + chunk);
-    const last = i + chunk >= prompt.length;
-    const r = session.append(part, { logits: last ? 'last' : 'none' });
-    if (last) logits = r.row(0);
+    session.append(prompt.slice(i, i + chunk), { logits: 'none' });
     await yieldToEventLoop();
   }
+  checkAbort();
+  let next = step(prompt.slice(i), 0);
 
   let generated = 0;
   let finishReason: FinishReason = 'length';
   for (;;) {
-    checkAbort();
-    const id = sampler.sample(logits!);
+    const { id, logprob } = next;
     generated++;
-    const logprob = options.logprobs ? logSoftmaxAt(logits!, id) : undefined;
     if (stopIds.has(id)) {
       finishReason = 'stop';
       yield { type: 'token', id, text: '', ...(logprob !== undefined ? { logprob } : {}) };
@@ -140,8 +154,9 @@ export async function* generateStream(ctx: GenerationContext, options: GenerateO
       break;
     }
     if (generated >= maxTokens) break;
-    logits = session.append([id]).row(0);
     await yieldToEventLoop();
+    checkAbort();
+    next = step([id], generated);
   }
   const tail = decoder && !stops.done ? stops.push(decoder.flush()) + stops.flush() : '';
   yield { type: 'done', text: tail, finishReason, promptTokens: prompt.length, completionTokens: generated };

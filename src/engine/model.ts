@@ -13,27 +13,29 @@
 
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { CpuBackend } from '../backend/cpu/cpu-backend.js';
-import type { Backend } from '../backend/backend.js';
+import { createBackend, type Device } from '../backends.js';
 import { loadModelConfig, readJsonFile, type ModelConfig } from '../config/config.js';
 import { MiniMax01 } from '../model/minimax01.js';
 import { lightningSlopes } from '../model/slopes.js';
 import { loadWeights } from '../model/weights.js';
 import { Tokenizer, type ChatMessage, type ChatTemplateOptions } from '../tokenizer/index.js';
 import { Checkpoint } from '../weights/checkpoint.js';
-import { ConfigError, DisposedError, InvalidArgumentError, TokenizerError, UnsupportedError } from '../util/errors.js';
+import { ConfigError, DisposedError, InvalidArgumentError, TokenizerError } from '../util/errors.js';
 import { generateAll, generateStream, type GenerateOptions, type GenerationContext, type GenerationResult, type StreamEvent } from './generate.js';
 import { Session } from './session.js';
 
-/** Where the model runs. 'auto' picks the best available backend (today: the CPU). */
-export type Device = 'cpu' | 'auto';
+export type { Device } from '../backends.js';
 
 export type LoadProgressEvent =
+  /** The backend is chosen; `fallbackReason` says why 'auto' did not use CUDA. */
+  | { readonly status: 'device'; readonly device: string; readonly name: string; readonly fallbackReason?: string }
+  /** A kernel file was compiled by NVRTC (or taken from the on-disk cache). */
+  | { readonly status: 'compile'; readonly file: string; readonly cached: boolean; readonly seconds: number }
   | { readonly status: 'weights'; readonly tensor: string; readonly loadedBytes: number; readonly totalBytes: number }
   | { readonly status: 'ready'; readonly totalBytes: number; readonly seconds: number };
 
 export interface LoadModelOptions {
-  /** Default 'auto'. */
+  /** 'cuda' (an NVIDIA GPU, bf16), 'cpu' (the fp32 reference) or 'auto' (CUDA when usable, else CPU). Default 'auto'. */
   readonly device?: Device;
   /** Called as weights stream in, then once when the model is ready. */
   readonly onProgress?: (event: LoadProgressEvent) => void;
@@ -69,7 +71,7 @@ export class Model {
     readonly generationDefaults: GenerationDefaults,
   ) {}
 
-  /** The backend the model runs on ('cpu'). */
+  /** The backend the model runs on: 'cpu' or 'cuda'. */
   get device(): string {
     return this.net.backend.name;
   }
@@ -213,7 +215,11 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const stat = await fs.stat(abs).catch(() => undefined);
   if (!stat?.isDirectory()) throw new ConfigError(`model directory not found: ${dir}`, { file: dir });
   const config = await loadModelConfig(abs);
-  const backend = createBackend(options.device ?? 'auto');
+  const choice = await createBackend(options.device ?? 'auto', {
+    onCompile: options.onProgress && ((e) => options.onProgress!({ status: 'compile', ...e })),
+  });
+  const backend = choice.backend;
+  options.onProgress?.({ status: 'device', device: backend.name, name: choice.deviceName, fallbackReason: choice.fallbackReason });
 
   let tokenizer: Tokenizer | undefined;
   if (await exists(path.join(abs, 'tokenizer.json'))) {
@@ -231,22 +237,18 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const ckpt = await Checkpoint.open(abs);
   try {
     const weights = await loadWeights(backend, config, ckpt, {
+      dtype: choice.weightDType,
       slopes: (l) => lightningSlopes(config.numHeads, l, config.numLayers),
       signal: options.signal,
       onProgress: options.onProgress && ((p) => options.onProgress!({ status: 'weights', ...p })),
     });
-    const net = new MiniMax01(config, backend, weights);
+    const net = new MiniMax01(config, backend, weights, choice.activationDType);
     const totalBytes = [...ckpt.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
     options.onProgress?.({ status: 'ready', totalBytes, seconds: (performance.now() - started) / 1000 });
     return new Model(abs, config, tokenizer, net, eosTokenIds, genConfig.defaults);
   } finally {
     await ckpt.close();
   }
-}
-
-function createBackend(device: Device): Backend {
-  if (device === 'cpu' || device === 'auto') return new CpuBackend();
-  throw new UnsupportedError(`unknown device "${String(device)}" (expected "cpu" or "auto")`);
 }
 
 /** MODEL.md §3: generation_config.json eos_token_id, else config.json's, else the tokenizer's eos_token. */

@@ -4,6 +4,7 @@
  * result as feeding it whole (lightning state carried exactly, KV cache appended).
  */
 
+import type { SampleParams } from '../backend/backend.js';
 import type { MiniMax01, TraceHook } from '../model/minimax01.js';
 import type { SequenceState } from '../model/state.js';
 import { DisposedError } from '../util/errors.js';
@@ -42,6 +43,20 @@ export class Session {
     if (this.disposed) throw new DisposedError('Session');
     const r = this.model.forward([{ state: this.state, tokens }], options);
     return logitRows(r.logits, r.rows, r.vocabSize);
+  }
+
+  /** True when the backend samples on the device (only token ids cross to the host). */
+  get canSampleOnDevice(): boolean {
+    return this.model.canSampleOnDevice;
+  }
+
+  /**
+   * Appends tokens and samples the next token on the device from the last position's logits. `step` is the index
+   * of the sampled token in the generation (the RNG counter): the same seed and steps give the same tokens.
+   */
+  appendAndSample(tokens: ArrayLike<number>, sampling: Omit<SampleParams, 'step'>, step: number): number {
+    if (this.disposed) throw new DisposedError('Session');
+    return this.model.forwardSample([{ state: this.state, tokens }], [{ ...sampling, step }])[0];
   }
 
   /** The fp32 lightning state S of lightning layer `layer`, [H, Dh, Dh] indexed [key dim, value dim]. */

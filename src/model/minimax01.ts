@@ -13,10 +13,10 @@
  * `l_out`, `final_norm`) so a trace hook can compare any of them with a reference.
  */
 
-import type { AttentionSegment, Backend, DType, LightningSegment, Tensor } from '../backend/backend.js';
+import type { AttentionSegment, Backend, DType, LightningSegment, SampleParams, Tensor } from '../backend/backend.js';
 import type { ModelConfig } from '../config/config.js';
-import { InvalidArgumentError } from '../util/errors.js';
-import type { LayerWeights, ModelWeights } from './weights.js';
+import { InternalError, InvalidArgumentError } from '../util/errors.js';
+import { freeWeights, type LayerWeights, type ModelWeights } from './weights.js';
 import { SequenceState } from './state.js';
 
 /**
@@ -84,38 +84,92 @@ export class MiniMax01 {
     return new SequenceState(this.backend, this.config, this.actDType === 'f32' ? 'f32' : 'bf16');
   }
 
+  /** Runs a forward pass and returns the requested logits on the host. */
   forward(items: readonly ForwardItem[], options: ForwardOptions = {}): ForwardResult {
-    const c = this.config, b = this.backend, ws = this.ws;
-    const { hiddenSize: D, vocabSize: V } = c;
-    const act = this.actDType;
-    const trace = options.trace;
+    const V = this.config.vocabSize;
+    const r = this.run(items, options);
+    return { logits: r.logits ? this.backend.toFloat32(r.logits) : new Float32Array(0), rows: r.rows, vocabSize: V };
+  }
 
-    // ---- the batch: ids, positions, segments ----
+  /**
+   * Runs a forward pass and samples one token per item on the device from its last position's logits; only the
+   * ids come back. Needs a backend with `sampleTokens` (see `canSampleOnDevice`).
+   */
+  forwardSample(items: readonly ForwardItem[], params: readonly SampleParams[], options: Omit<ForwardOptions, 'logits'> = {}): Int32Array {
+    const b = this.backend;
+    if (!b.sampleTokens || !b.toInt32) throw new InternalError(`the ${b.name} backend cannot sample on the device`);
+    const ids = this.ws.get('sampled', [items.length], 'i32');
+    this.run(items, { ...options, logits: 'last' }, (logits) => b.sampleTokens!(ids, logits, params));
+    return b.toInt32(ids);
+  }
+
+  get canSampleOnDevice(): boolean {
+    return this.backend.sampleTokens !== undefined;
+  }
+
+  /**
+   * Enqueues the forward pass (and `after`, given the logits) without waiting for it. Single-token steps of a
+   * backend with graphs run as a CUDA graph keyed by batch size and logits mode; KV growth happens before, outside
+   * the graph.
+   */
+  private run(items: readonly ForwardItem[], options: ForwardOptions, after?: (logits: Tensor) => void): { logits: Tensor | undefined; rows: number } {
+    const b = this.backend;
+    const mode = options.logits ?? 'last';
+    let result: { logits: Tensor | undefined; rows: number } = { logits: undefined, rows: 0 };
+    const body = (): void => {
+      result = this.enqueue(items, mode, options.trace);
+      if (after && result.logits) after(result.logits);
+    };
+    const graphable = b.runGraph !== undefined && !options.trace && items.length > 0 && items.every((it) => it.tokens.length === 1);
+    if (!graphable) {
+      body();
+      return result;
+    }
+    this.validate(items);
+    for (const it of items) it.state.reserve(it.state.position + 1);
+    b.runGraph!(`step:${items.length}:${mode}:${after ? 'sample' : 'logits'}`, body);
+    return result;
+  }
+
+  private validate(items: readonly ForwardItem[]): number {
+    const V = this.config.vocabSize;
     let T = 0;
     for (const it of items) {
       if (it.tokens.length === 0) throw new InvalidArgumentError('forward: every sequence needs at least one token', { param: 'tokens' });
+      for (let i = 0; i < it.tokens.length; i++) {
+        const id = it.tokens[i];
+        if (!Number.isInteger(id) || id < 0 || id >= V) {
+          throw new InvalidArgumentError(`token id ${id} is out of range: the vocabulary has ${V} ids [0, ${V - 1}]`, { param: 'ids' });
+        }
+      }
       T += it.tokens.length;
     }
+    return T;
+  }
+
+  private enqueue(items: readonly ForwardItem[], mode: 'all' | 'last' | 'none', trace: TraceHook | undefined): { logits: Tensor | undefined; rows: number } {
+    const c = this.config, b = this.backend, ws = this.ws;
+    const { hiddenSize: D, vocabSize: V } = c;
+    const act = this.actDType;
+    const T = this.validate(items);
+    b.beginStep();
+
+    // ---- the batch: ids, positions, segments ----
     const ids = new Int32Array(T), positions = new Int32Array(T);
-    const lin: LightningSegment[] = [];
     const soft: { start: number; length: number; past: number; state: SequenceState }[] = [];
     let start = 0;
     for (const it of items) {
       const n = it.tokens.length, past = it.state.position;
       for (let i = 0; i < n; i++) {
-        const id = it.tokens[i];
-        if (!Number.isInteger(id) || id < 0 || id >= V) {
-          throw new InvalidArgumentError(`token id ${id} is out of range: the vocabulary has ${V} ids [0, ${V - 1}]`, { param: 'ids' });
-        }
-        ids[start + i] = id;
+        ids[start + i] = it.tokens[i];
         positions[start + i] = past + i;
       }
       it.state.reserve(past + n);
       soft.push({ start, length: n, past, state: it.state });
       start += n;
     }
-    const idsT = b.upload([T], 'i32', ids);
-    const posT = b.upload([T], 'i32', positions);
+    const idsT = b.scratchUpload([T], 'i32', ids);
+    const posT = b.scratchUpload([T], 'i32', positions);
 
     // ---- layers ----
     const x = ws.get('x', [T, D], act);
@@ -129,7 +183,7 @@ export class MiniMax01 {
       trace?.('attn_norm', l, () => b.toFloat32(h));
       const a = ws.get('a', [T, D], act);
       if (w.attn.kind === 'lightning') {
-        const segs = items.map((it, i) => ({ start: soft[i].start, length: soft[i].length, state: it.state.lightning[l]! }));
+        const segs = soft.map((s) => ({ start: s.start, length: s.length, state: s.state.lightning[l]! }));
         this.lightningBlock(a, h, w.attn, segs, T, l, trace);
       } else {
         const segs: AttentionSegment[] = soft.map((s) => ({ start: s.start, length: s.length, past: s.past, ...s.state.kvFor(l) }));
@@ -148,22 +202,21 @@ export class MiniMax01 {
     for (const it of items) it.state.position += it.tokens.length;
 
     // ---- logits for the requested rows ----
-    const mode = options.logits ?? 'last';
-    if (mode === 'none') return { logits: new Float32Array(0), rows: 0, vocabSize: V };
+    if (mode === 'none') return { logits: undefined, rows: 0 };
     let rowsT = x;
     let R = T;
     if (mode === 'last') {
       R = items.length;
       const last = Int32Array.from(soft, (s) => s.start + s.length - 1);
       rowsT = ws.get('rows', [R, D], act);
-      b.gatherRows(rowsT, x, b.upload([R], 'i32', last));
+      b.gatherRows(rowsT, x, b.scratchUpload([R], 'i32', last));
     }
     const normed = ws.get('final', [R, D], act);
     b.rmsNorm(normed, rowsT, this.weights.finalNorm, c.rmsNormEps);
     trace?.('final_norm', -1, () => b.toFloat32(normed));
     const logits = ws.get('logits', [R, V], 'f32');
     b.linear(logits, normed, this.weights.lmHead);
-    return { logits: b.toFloat32(logits), rows: R, vocabSize: V };
+    return { logits, rows: R };
   }
 
   /** MODEL.md §8: qkv = silu(h·Wqkvᵀ) → lightning → rms(·, 1e-6) → ⊙ sigmoid(h·Wgateᵀ) → ·Woutᵀ. */
@@ -215,7 +268,10 @@ export class MiniMax01 {
     b.moeExperts(out, h, idx, wts, w.w13, w.w2);
   }
 
+  /** Frees the weights, the scratch buffers and the backend's own resources. */
   dispose(): void {
     this.ws.dispose();
+    freeWeights(this.backend, this.weights);
+    this.backend.dispose?.();
   }
 }

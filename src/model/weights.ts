@@ -105,3 +105,21 @@ export async function loadWeights(backend: Backend, config: ModelConfig, ckpt: C
   const embed = get('embed');
   return { embed, finalNorm: get('finalNorm'), lmHead: config.tieWordEmbeddings ? embed : get('lmHead'), layers };
 }
+
+/** Frees every weight tensor of `w` (the tied lm_head is the embedding, freed once). */
+export function freeWeights(backend: Backend, w: ModelWeights): void {
+  const seen = new Set<Tensor>();
+  const free = (t: Tensor): void => {
+    if (seen.has(t)) return;
+    seen.add(t);
+    backend.free(t);
+  };
+  free(w.embed);
+  free(w.finalNorm);
+  free(w.lmHead);
+  for (const l of w.layers) {
+    for (const t of [l.inputNorm, l.postNorm, l.router, l.w13, l.w2]) free(t);
+    const a = l.attn;
+    for (const t of a.kind === 'lightning' ? [a.qkv, a.gate, a.norm, a.out, a.slopes] : [a.q, a.k, a.v, a.o]) free(t);
+  }
+}

@@ -16,6 +16,8 @@ export type ErrorCode =
   | 'INVALID_ARGUMENT'
   | 'ABORTED'
   | 'DISPOSED'
+  | 'CUDA'
+  | 'OUT_OF_MEMORY'
   | 'INTERNAL';
 
 export interface ErrorOptions {

@@ -69,6 +69,14 @@ export class CpuBackend implements Backend {
     return t;
   }
 
+  scratchUpload(shape: readonly number[], dtype: DType, data: Float32Array | Int32Array): Tensor {
+    return this.upload(shape, dtype, data);
+  }
+
+  beginStep(): void {
+    // Nothing to recycle: the garbage collector owns CPU memory.
+  }
+
   writeBytes(t: Tensor, offset: number, bytes: Uint8Array, src: StDType): void {
     const c = asCpu(t, 'writeBytes');
     if (c.dtype === 'i32') throw new UnsupportedError('writeBytes into an i32 tensor');

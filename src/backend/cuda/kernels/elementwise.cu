@@ -1,0 +1,129 @@
+// elementwise.cu — the small memory-bound ops of the MiniMax-01 forward pass, bf16 in and out, fp32 math.
+//
+// Each kernel matches the CPU op of the same name in src/backend/cpu (the fp32 reference) up to the bf16 rounding
+// points of the remote code (MODEL.md §4, §6, §7, §9): every PyTorch bf16 op computes in fp32 and rounds once.
+//   embedding_bf16      out[t, :] = table[ids[t], :]
+//   rms_norm_bf16       y = bf16(w · bf16(x · rsqrt(mean(x²) + eps)))          (one block per row; out may alias x)
+//   residual_add_bf16   y = bf16(bf16(r · α) + bf16(b · β))                     (postnorm residual)
+//   silu_bf16           x = bf16(silu(x))
+//   sigmoid_mul_bf16    y = bf16(bf16(sigmoid(g)) · x)                          (lightning output gate)
+//   gather_rows_bf16    out[r, :] = x[rows[r], :]
+//   rope_bf16           partial NeoX RoPE on dims [0, rot), fp32 angle = pos · θ^(−2i/rot)
+//   kv_append_bf16      copies new K/V rows of each segment into that segment's cache at rows [past, past + len)
+//   cast_bf16_f32 / cast_f32_bf16
+//   fill_random_bf16 / fill_random_f32   benchmark weights (a counter-based hash, never zeros)
+
+#include "common.cuh"
+
+extern "C" __global__ void embedding_bf16(bf16* __restrict__ out, const bf16* __restrict__ table, const int* __restrict__ ids, int D) {
+  const int t = blockIdx.x;
+  const bf16* src = table + (i64)ids[t] * D;
+  bf16* dst = out + (i64)t * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = src[i];
+}
+
+extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* __restrict__ w, int cols, float eps) {
+  __shared__ float scratch[32];
+  const i64 row = blockIdx.x;
+  const bf16* xr = x + row * cols;
+  bf16* yr = out + row * cols;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = bf2f(xr[i]);
+    ss += v * v;
+  }
+  ss = block_sum(ss, scratch);
+  const float r = rsqrtf(ss / (float)cols + eps);
+  // Each thread rewrites exactly the elements it read above, so out may alias x.
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = f2bf(bf2f(w[i]) * rbf(bf2f(xr[i]) * r));
+}
+
+extern "C" __global__ void residual_add_bf16(bf16* out, const bf16* res, const bf16* branch, i64 n, float alpha, float beta) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    out[i] = f2bf(rbf(bf2f(res[i]) * alpha) + rbf(bf2f(branch[i]) * beta));
+  }
+}
+
+extern "C" __global__ void silu_bf16(bf16* x, i64 n) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] = f2bf(silu(bf2f(x[i])));
+}
+
+extern "C" __global__ void sigmoid_mul_bf16(bf16* out, const bf16* gate, const bf16* x, i64 n) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    out[i] = f2bf(rbf(sigmoid(bf2f(gate[i]))) * bf2f(x[i]));
+  }
+}
+
+extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ x, const int* __restrict__ rows, int C) {
+  const int r = blockIdx.x;
+  const bf16* src = x + (i64)rows[r] * C;
+  bf16* dst = out + (i64)r * C;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
+}
+
+// One block per token; threads over (head, pair). x: [T, nh, Dh].
+extern "C" __global__ void rope_bf16(bf16* x, const int* __restrict__ pos, int nh, int Dh, int rot, float theta) {
+  const int t = blockIdx.x;
+  const int half = rot / 2;
+  const float p = (float)pos[t];
+  for (int j = threadIdx.x; j < nh * half; j += blockDim.x) {
+    const int h = j / half, i = j % half;
+    // inv_freq and the angle in fp32, as the reference computes its cos/sin table
+    const float inv = 1.f / powf(theta, (float)(2 * i) / (float)rot);
+    const float ang = p * inv;
+    float s, c;
+    sincosf(ang, &s, &c);
+    bf16* v = x + ((i64)t * nh + h) * Dh;
+    const float a = bf2f(v[i]), b = bf2f(v[i + half]);
+    v[i] = f2bf(a * c - b * s);
+    v[i + half] = f2bf(b * c + a * s);
+  }
+}
+
+// grid (maxLen, nseg): block (r, s) copies row r of segment s (if r < len) into both caches. k, v: [T, Hkv·Dh].
+extern "C" __global__ void kv_append_bf16(const bf16* __restrict__ k, const bf16* __restrict__ v, const int* __restrict__ seg_start,
+                                          const int* __restrict__ seg_len, const int* __restrict__ seg_past,
+                                          const u64* __restrict__ k_cache, const u64* __restrict__ v_cache, int rowElems) {
+  const int s = blockIdx.y, r = blockIdx.x;
+  if (r >= seg_len[s]) return;
+  const i64 src = (i64)(seg_start[s] + r) * rowElems;
+  const i64 dst = (i64)(seg_past[s] + r) * rowElems;
+  bf16* kc = (bf16*)k_cache[s];
+  bf16* vc = (bf16*)v_cache[s];
+  for (int i = threadIdx.x; i < rowElems; i += blockDim.x) {
+    kc[dst + i] = k[src + i];
+    vc[dst + i] = v[src + i];
+  }
+}
+
+extern "C" __global__ void cast_bf16_f32(float* out, const bf16* in, i64 n) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) out[i] = bf2f(in[i]);
+}
+
+extern "C" __global__ void cast_f32_bf16(bf16* out, const float* in, i64 n) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) out[i] = f2bf(in[i]);
+}
+
+// Random fill for benchmarks (never time on zeros): out[i] = offset + scale · N(0, 1)-ish, from a counter-based hash
+// of (seed, i), so the values do not depend on the launch configuration.
+static __device__ __forceinline__ u64 splitmix64(u64 x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+static __device__ __forceinline__ float hash_normal(u64 seed, i64 i) {
+  const u64 h = splitmix64(seed ^ splitmix64((u64)i));
+  // Sum of four uniforms (Irwin–Hall), centred and scaled to unit variance: cheap and bounded.
+  const float u0 = (float)(h & 0xffff), u1 = (float)((h >> 16) & 0xffff), u2 = (float)((h >> 32) & 0xffff), u3 = (float)(h >> 48);
+  return ((u0 + u1 + u2 + u3) / 65536.f - 2.f) * 1.7320508f;
+}
+
+extern "C" __global__ void fill_random_bf16(bf16* out, i64 n, u64 seed, float scale, float offset) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) out[i] = f2bf(offset + scale * hash_normal(seed, i));
+}
+
+extern "C" __global__ void fill_random_f32(float* out, i64 n, u64 seed, float scale, float offset) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) out[i] = offset + scale * hash_normal(seed, i);
+}

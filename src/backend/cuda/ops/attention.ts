@@ -1,0 +1,86 @@
+/**
+ * Softmax attention on the GPU (kernels/attention.cu), matching CpuBackend.attention (MODEL.md §9): causal GQA over
+ * each segment's KV cache (rows [0, past + i] for query row i), scale 1/√Dh, fp32 softmax.
+ *
+ * Prefill segments: a flash-attention kernel over (query tile of 64 rows, head, segment) with tensor cores for
+ * Dh = 64 / 128, no N×N matrix in memory; any other Dh ≤ 256 takes a scalar kernel (a warp per query row).
+ * Decode segments (one query): a split-K kernel over (segment, kv head, split) writing partial (max, sum, output)
+ * per split and query head, then a reduce kernel. The number of splits is fixed, so a decode step's launches do not
+ * depend on the context length (CUDA graphs); each split covers ⌈n / splits⌉ keys.
+ *
+ * The tensor-core kernels read q, out and the caches with 16-byte accesses: they run when Dh is 64 or 128, every
+ * pointer is 16-byte aligned (always so for allocator blocks) and, in decode, H/Hkv ≤ 16; otherwise the generic
+ * kernels run. The choice depends only on shapes and on pointer alignment, never on lengths.
+ */
+
+import type { AttentionSegment } from '../../backend.js';
+import type { CudaTensor } from '../cuda-backend.js';
+import { ShapeError, UnsupportedError } from '../../../util/errors.js';
+import { f32, i32, type OpRuntime } from '../runtime.js';
+
+export const ATTN_DECODE_SPLITS = 32;
+
+/** Query rows per CTA of the tensor-core prefill kernel, and per CTA (one per warp) of the generic kernels. */
+const PREFILL_TILE = 64;
+const GENERIC_ROWS = 4;
+const MAX_GENERIC_DH = 256;
+/** Largest GQA group the tensor-core decode kernel takes (the 16 rows of its MMA A operand). */
+const MAX_TC_GROUP = 16;
+
+/** Dynamic shared memory of the tensor-core kernels (see the kernel file header). */
+function prefillShared(Dh: number): number {
+  return 5 * PREFILL_TILE * (Dh + 8) * 2; // Q + 2 stages × (K + V), rows padded by 8 bf16
+}
+function decodeShared(Dh: number): number {
+  return 16 * (Dh + 8) * 2 + 3 * 2 * 64 * (Dh + 8) * 2; // Q (16 rows) + 3 stages × (K + V) of 64 rows
+}
+
+function tables(rt: OpRuntime, segs: readonly AttentionSegment[]) {
+  return {
+    starts: rt.metaI32(segs.map((g) => g.start)),
+    lens: rt.metaI32(segs.map((g) => g.length)),
+    pasts: rt.metaI32(segs.map((g) => g.past)),
+    kc: rt.metaPtrs(segs.map((g) => (g.k as CudaTensor).ptr)),
+    vc: rt.metaPtrs(segs.map((g) => (g.v as CudaTensor).ptr)),
+  };
+}
+
+function checkHeads(H: number, Hkv: number, Dh: number): void {
+  if (Hkv <= 0 || H % Hkv !== 0) throw new ShapeError(`attention: ${H} query heads are not a multiple of ${Hkv} kv heads`);
+  if (Dh > MAX_GENERIC_DH) throw new UnsupportedError(`attention: head size ${Dh} > ${MAX_GENERIC_DH} is not supported on CUDA`);
+}
+
+/** True when the tensor-core kernels may run: Dh 64 / 128 and every pointer 16-byte aligned. */
+function tensorCorePath(Dh: number, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[]): boolean {
+  if (Dh !== 64 && Dh !== 128) return false;
+  const aligned = (p: bigint) => (p & 15n) === 0n;
+  return aligned(o.ptr) && aligned(q.ptr) && segs.every((g) => aligned((g.k as CudaTensor).ptr) && aligned((g.v as CudaTensor).ptr));
+}
+
+export function attentionPrefill(rt: OpRuntime, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[], H: number, Hkv: number, Dh: number, scale: number): void {
+  checkHeads(H, Hkv, Dh);
+  const t = tables(rt, segs);
+  const maxLen = Math.max(0, ...segs.map((g) => g.length));
+  if (maxLen === 0) return;
+  const args = [o.ptr, q.ptr, t.starts, t.lens, t.pasts, t.kc, t.vc, i32(H), i32(Hkv), i32(Dh), f32(scale)];
+  if (tensorCorePath(Dh, o, q, segs)) {
+    rt.launch('attention', `attention_prefill_bf16_d${Dh}`, [Math.ceil(maxLen / PREFILL_TILE), H, segs.length], [128], prefillShared(Dh), args);
+  } else {
+    rt.launch('attention', 'attention_prefill_bf16_generic', [Math.ceil(maxLen / GENERIC_ROWS), H, segs.length], [128], 0, args);
+  }
+}
+
+export function attentionDecode(rt: OpRuntime, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[], H: number, Hkv: number, Dh: number, scale: number): void {
+  checkHeads(H, Hkv, Dh);
+  const t = tables(rt, segs);
+  const splits = ATTN_DECODE_SPLITS;
+  const partO = rt.scratch('attn.partO', segs.length * H * splits * Dh * 4);
+  const partML = rt.scratch('attn.partML', segs.length * H * splits * 2 * 4);
+  const args = [partO, partML, q.ptr, t.starts, t.pasts, t.kc, t.vc, i32(H), i32(Hkv), i32(Dh), f32(scale), i32(splits)];
+  if (H / Hkv <= MAX_TC_GROUP && tensorCorePath(Dh, o, q, segs)) {
+    rt.launch('attention', `attention_decode_partial_bf16_d${Dh}`, [segs.length, Hkv, splits], [128], decodeShared(Dh), args);
+  } else {
+    rt.launch('attention', 'attention_decode_partial_bf16_generic', [segs.length, Hkv, splits], [128], 0, args);
+  }
+  rt.launch('attention', 'attention_decode_reduce_bf16', [segs.length, H], [128], 0, [o.ptr, partO, partML, t.starts, i32(H), i32(Dh), i32(splits)]);
+}
