@@ -6,10 +6,10 @@
  * kernel that reads them (or multiplies them by a zero weight) fails; outputs are poisoned with NaN before each run,
  * so an unwritten element fails too (relErr returns Infinity on NaN). Errors are ‖gpu − ref‖ / ‖ref‖ per segment.
  *
- * Tolerances: the tensor-core paths round P to bf16 before P·V and round the output to bf16, the generic paths
- * round only the output. bf16 output rounding alone gives ~1.5e-3 norm-relative error on these random data, P
- * rounding about as much again, so the expected figure is 2–4e-3; the bounds below are 1e-2 (tensor cores) and
- * 6e-3 (generic), and every test prints what it measured.
+ * Tolerance: the tensor-core paths round P to bf16 before P·V and round the output to bf16, the generic paths
+ * round only the output; the output rounding dominates (~1.5e-3 norm-relative on these random data). Measured on an
+ * H200 (2026-11-26): 0.8e-3 to 2.3e-3 (tensor cores), 1.1e-3 to 2.6e-3 (generic, where a case has only 12–48
+ * output values per segment). The bound is 6e-3 for both, and every test prints what it measured.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,7 +24,7 @@ const { gpu, reason } = await getGpu();
 const skip: string | false = gpu ? false : (reason ?? 'no GPU');
 
 /** Norm-relative error bounds (see the file header). */
-const TOL_TC = 1e-2;
+const TOL_TC = 6e-3;
 const TOL_GENERIC = 6e-3;
 
 type Mode = 'backend' | 'prefill' | 'decode';
@@ -296,7 +296,7 @@ test('attention decode, real geometry H 64 / Hkv 8 / Dh 128: contexts 1, 2, 33, 
     { len: 1, past: 0 },
     { len: 1, past: 1 },
     { len: 1, past: 32, spikes: [5] },
-    { len: 1, past: 999, spikes: [31, 32, 999] },
+    { len: 1, past: 999, spikes: [31, 32, 255, 256, 999] }, // splits of 256 keys
   ];
   fullCase(t, 1000, 64, 8, 128, specs, 'decode', TOL_TC, 'decode op');
   fullCase(t, 1001, 64, 8, 128, specs, 'backend', TOL_TC, 'backend');
@@ -304,8 +304,8 @@ test('attention decode, real geometry H 64 / Hkv 8 / Dh 128: contexts 1, 2, 33, 
 
 test('attention decode, 65536-token context with another sequence (H 16 / Hkv 2 / Dh 128)', { skip }, (t) => {
   const specs: SegSpec[] = [
-    { len: 1, past: 65535, spikes: [0, 2047, 2048, 40000, 65535] },
-    { len: 1, past: 4999, spikes: [157] },
+    { len: 1, past: 65535, spikes: [0, 2047, 2048, 40000, 65535] }, // splits of 2048 keys
+    { len: 1, past: 4999, spikes: [157, 255, 256, 4999] }, // splits of 256 keys (the minimum), 20 of 32 used
   ];
   fullCase(t, 1100, 16, 2, 128, specs, 'decode', TOL_TC, 'n 65536 + n 5000');
 });

@@ -28,7 +28,7 @@
 // Precision choices.
 //   * Inter term: REMOTE computes (Q ⊙ q_decay)·S in fp32. q is bf16 and exact, so we compute the mathematically
 //     equal e^(−s(i+1)) · (Q·S) with S split as S = hi + lo, hi = bf16(S), lo = bf16(S − hi): two bf16 tensor-core
-//     MMAs (Q·hi + Q·lo, fp32 accumulation) represent S to ~2^−17 relative, i.e. near-fp32, then one fp32 scale
+//     MMAs (Q·hi + Q·lo, fp32 accumulation) represent S to ≤ 2^−17 relative, i.e. near-fp32, then one fp32 scale
 //     per row. (The generic path uses plain fp32 FMA.)
 //   * Intra term, tensor-core path: P = bf16(q·k)·decay is rounded to bf16 once more to feed the P·V MMA (REMOTE
 //     keeps P in fp32): an extra ~2^−9 relative error per term, averaged over the key sum. The generic path keeps P
@@ -43,17 +43,18 @@
 //        both read from row-major [token][dim] tiles with ldmatrix.trans. 36 KB (64) / 68 KB (128).
 //   lightning_block_kv_bf16              grid (nblk, H)                 256 thr  dyn 2·32·Dh·4 B     scalar, any Dh
 //   lightning_scan_f32                   grid (nseg, H, ⌈Dh²/256⌉)      256 thr  none
-//   lightning_block_out_bf16_d{64,128}   grid (nblk, H, ⌈B/128⌉)        256 thr  dyn (see OutCfg)    tensor cores
+//   lightning_block_out_bf16_d{64,128}   grid (nblk, H, ⌈M/128⌉)        256 thr  dyn (see OutCfg)    tensor cores
 //        128 query rows per CTA, 16 per warp (Q fragments kept in registers); phase 1: S_b → hi/lo bf16 tiles in
 //        shared memory, inter term; phase 2: key tiles of 64 rows (K, V double-buffered by cp.async, plus a table of
 //        the 191 decays a tile pair can need), S = QKᵀ (ldmatrix K), P in registers (FA2 accumulator → A-fragment
 //        reuse), O += P·V (ldmatrix.trans V); a warp skips key steps past its last row.
 //        Shared: Q 128·(Dh+8)·2 + max(S hi/lo 2·Dh·(Dh+8)·2, K/V 4·64·(Dh+8)·2) + 2·192·4 B
 //        = 56,832 B (Dh 64) / 105,984 B (Dh 128): one CTA of 8 warps per SM at Dh 128.
-//   lightning_block_out_bf16             grid (nblk, H, ⌈B/BM⌉)         256 thr  dyn (see below)     scalar, any Dh
+//   lightning_block_out_bf16             grid (nblk, H, ⌈M/BM⌉)         256 thr  dyn (see below)     scalar, any Dh
 //        BM = clamp(⌊2048/Dh⌋, 1, 128) query rows per CTA (passed in; each thread owns ≤ 8 (row, dim) outputs);
 //        key tiles of 32 rows; shared fp32 Q[BM][Dh], K[32][Dh+1], V[32][Dh], P[BM][32].
-// Tensor-core paths need Dh ∈ {64, 128}, qkv 16-byte aligned and out 4-byte aligned (the wrapper checks and falls
+// (M = the longest block of the launch, ≤ B; row tiles past a block's m exit at once. B itself is only part of the
+// signature.) Tensor-core paths need Dh ∈ {64, 128}, qkv 16-byte aligned and out 4-byte aligned (the wrapper checks and falls
 // back to the generic kernels otherwise).
 
 #include "common.cuh"

@@ -6,7 +6,8 @@
  * Dh = 64 / 128, no N×N matrix in memory; any other Dh ≤ 256 takes a scalar kernel (a warp per query row).
  * Decode segments (one query): a split-K kernel over (segment, kv head, split) writing partial (max, sum, output)
  * per split and query head, then a reduce kernel. The number of splits is fixed, so a decode step's launches do not
- * depend on the context length (CUDA graphs); each split covers ⌈n / splits⌉ keys.
+ * depend on the context length (CUDA graphs); each split covers max(⌈n / splits⌉, 256) keys, so short contexts leave
+ * the last splits empty (they only write m = −inf, l = 0, and the reduce skips them).
  *
  * The tensor-core kernels read q, out and the caches with 16-byte accesses: they run when Dh is 64 or 128, every
  * pointer is 16-byte aligned (always so for allocator blocks) and, in decode, H/Hkv ≤ 16; otherwise the generic

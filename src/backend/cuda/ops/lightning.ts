@@ -18,6 +18,7 @@ import { UnsupportedError } from '../../../util/errors.js';
 import { i32, type OpRuntime } from '../runtime.js';
 
 const MAX_WORKSPACE_BYTES = 1 << 30;
+const MAX_GROUP_BLOCKS = 1 << 16;
 const MAX_DH = 256;
 const THREADS = 256;
 
@@ -50,7 +51,8 @@ export function lightningPrefill(rt: OpRuntime, o: CudaTensor, qkv: CudaTensor, 
   checkDh(Dh);
   if (!Number.isInteger(B) || B < 1) throw new UnsupportedError(`lightning attention: block size ${B}`);
   const tensorCores = (Dh === 64 || Dh === 128) && qkv.ptr % 16n === 0n && o.ptr % 4n === 0n && process.env.LMOE_LIGHTNING_GENERIC !== '1';
-  const maxBlocks = Math.max(1, Math.floor(MAX_WORKSPACE_BYTES / (H * Dh * Dh * 4)));
+  // Workspace under 1 GiB; block tables (4 B per block, several per call) well inside the 8 MB metadata ring.
+  const maxBlocks = Math.max(1, Math.min(MAX_GROUP_BLOCKS, Math.floor(MAX_WORKSPACE_BYTES / (H * Dh * Dh * 4))));
   let group: { start: number; length: number; state: CudaTensor }[] = [];
   let groupBlocks = 0;
   const flush = (): void => {
