@@ -91,10 +91,16 @@ export interface Backend {
   embedding(out: Tensor, table: Tensor, ids: Tensor): void;
   /** out[T, N] = x[T, Kin] · w[N, Kin]ᵀ  (weights stored [out, in] as in the checkpoint) */
   linear(out: Tensor, x: Tensor, w: Tensor): void;
-  /** out[T, C] = w ⊙ x · rsqrt(mean(x², last dim) + eps);  w: [C]. out may alias x. */
+  /** out[T, C] = w ⊙ x · rsqrt(mean(x², last dim) + eps);  w: [C]. out may alias x; out and x may differ in dtype. */
   rmsNorm(out: Tensor, x: Tensor, w: Tensor, eps: number): void;
-  /** out = residual · alpha + branch · beta (the postnorm residual, MODEL.md §7). out may alias either input. */
+  /** out = residual · alpha + branch · beta. out may alias either input. */
   residualAdd(out: Tensor, residual: Tensor, alpha: number, branch: Tensor, beta: number): void;
+  /**
+   * The postnorm residual of MODEL.md §7 on the residual stream x[T, D]: out = rms(x, w, eps) · alpha + branch · beta,
+   * with the normalised x recomputed here at the stream's precision (fp32), so the residual path never passes
+   * through a rounded copy of it. out may alias x.
+   */
+  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number): void;
   /** x = silu(x), in place. */
   siluInPlace(x: Tensor): void;
   /** out = sigmoid(gate) ⊙ x (the lightning output gate). out may alias x. */

@@ -172,10 +172,14 @@ export class MiniMax01 {
     const posT = b.scratchUpload([T], 'i32', positions);
 
     // ---- layers ----
-    const x = ws.get('x', [T, D], act);
+    // The residual stream x is fp32 on every backend; activations feeding GEMMs and attention are `act` (bf16 on
+    // the GPU). The postnorm residual recomputes the normalised x from the fp32 stream, so rounding never
+    // accumulates along it, and the router reads an fp32 normalised input, so bf16 noise does not flip its picks.
+    const x = ws.get('x', [T, D], 'f32');
     b.embedding(x, this.weights.embed, idsT);
     trace?.('embed', -1, () => b.toFloat32(x));
     const h = ws.get('h', [T, D], act);
+    const hRouter = act === 'f32' ? h : ws.get('h_router', [T, D], 'f32');
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.weights.layers[l];
       const kind = c.layerTypes[l];
@@ -189,14 +193,16 @@ export class MiniMax01 {
         const segs: AttentionSegment[] = soft.map((s) => ({ start: s.start, length: s.length, past: s.past, ...s.state.kvFor(l) }));
         this.softmaxBlock(a, h, w.attn, segs, posT, T, l, trace);
       }
-      // x1 = h1·α + a·β, then h2 = rms(x1): x holds x1, h holds h2
-      b.residualAdd(x, h, c.alpha[kind], a, c.beta[kind]);
+      // x1 = h1·α + a·β with h1 = rms(x);  h2 = rms(x1)
+      b.postnormResidual(x, x, w.inputNorm, c.rmsNormEps, c.alpha[kind], a, c.beta[kind]);
       b.rmsNorm(h, x, w.postNorm, c.rmsNormEps);
+      if (hRouter !== h) b.rmsNorm(hRouter, x, w.postNorm, c.rmsNormEps);
       trace?.('ffn_norm', l, () => b.toFloat32(h));
       const m = ws.get('m', [T, D], act);
-      this.moeBlock(m, h, w, T);
+      this.moeBlock(m, h, hRouter, w, T);
       trace?.('moe_out', l, () => b.toFloat32(m));
-      b.residualAdd(x, h, c.alpha.mlp, m, c.beta.mlp);
+      // out = h2·α + m·β
+      b.postnormResidual(x, x, w.postNorm, c.rmsNormEps, c.alpha.mlp, m, c.beta.mlp);
       trace?.('l_out', l, () => b.toFloat32(x));
     }
     for (const it of items) it.state.position += it.tokens.length;
@@ -208,7 +214,7 @@ export class MiniMax01 {
     if (mode === 'last') {
       R = items.length;
       const last = Int32Array.from(soft, (s) => s.start + s.length - 1);
-      rowsT = ws.get('rows', [R, D], act);
+      rowsT = ws.get('rows', [R, D], 'f32');
       b.gatherRows(rowsT, x, b.scratchUpload([R], 'i32', last));
     }
     const normed = ws.get('final', [R, D], act);
@@ -257,11 +263,11 @@ export class MiniMax01 {
   }
 
   /** MODEL.md §10: fp32 router softmax → top-K → renormalise → SwiGLU experts → weighted sum. */
-  private moeBlock(out: Tensor, h: Tensor, w: LayerWeights, T: number): void {
+  private moeBlock(out: Tensor, h: Tensor, hRouter: Tensor, w: LayerWeights, T: number): void {
     const { numExperts: E, numExpertsPerTok: K } = this.config;
     const b = this.backend, ws = this.ws;
     const logits = ws.get('router', [T, E], 'f32');
-    b.linear(logits, h, w.router);
+    b.linear(logits, hRouter, w.router);
     const idx = ws.get('topk_idx', [T, K], 'i32');
     const wts = ws.get('topk_w', [T, K], 'f32');
     b.moeRoute(idx, wts, logits);

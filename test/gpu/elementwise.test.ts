@@ -153,3 +153,28 @@ test('linear: bf16 GEMMs at real shapes, the fp32 router GEMM and the fp32-outpu
     assert.ok(maxRelErr(got, ref) < 0.05, 'no element far off');
   }
 });
+
+test('postnormResidual on the fp32 stream, and norms from fp32 to bf16 / fp32 (D = 6144)', { skip }, () => {
+  const g = gpu!.backend, rng = new Rng(8);
+  const T = 65, C = 6144;
+  const x = randn(rng, T * C, 3);
+  const w = bf16Values(randn(rng, C, 0.3).map((v) => 1 + v));
+  const br = bf16Values(randn(rng, T * C, 1));
+  const xs = pair(gpu!, [T, C], 'f32', x), ws = pair(gpu!, [C], 'bf16', w), bs = pair(gpu!, [T, C], 'bf16', br);
+  const hb = g.alloc([T, C], 'bf16'), hf = g.alloc([T, C], 'f32');
+  poison(gpu!, hb);
+  poison(gpu!, hf);
+  g.rmsNorm(hb, xs.g, ws.g, 1e-5);
+  g.rmsNorm(hf, xs.g, ws.g, 1e-5);
+  const want = cpu.zeros([T, C], 'f32');
+  cpu.rmsNorm(want, xs.c, ws.c, 1e-5);
+  const ref = cpu.toFloat32(want);
+  let e = relErr(g.toFloat32(hb), ref);
+  assert.ok(e < 4e-3, `rmsNorm f32 → bf16: rel err ${e}`);
+  e = relErr(g.toFloat32(hf), ref);
+  assert.ok(e < 1e-6, `rmsNorm f32 → f32: rel err ${e}`);
+  g.postnormResidual(xs.g, xs.g, ws.g, 1e-5, 3.5565588200778455, bs.g, 0.9);
+  cpu.postnormResidual(xs.c, xs.c, ws.c, 1e-5, 3.5565588200778455, bs.c, 0.9);
+  e = relErr(g.toFloat32(xs.g), cpu.toFloat32(xs.c));
+  assert.ok(e < 1e-6, `postnormResidual (fp32 stream, in place): rel err ${e}`);
+});

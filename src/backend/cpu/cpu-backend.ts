@@ -144,6 +144,22 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < o.length; i++) o[i] = r[i] * alpha + b[i] * beta;
   }
 
+  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number): void {
+    const C = w.shape[0];
+    const xs = f32(x, 'postnormResidual x');
+    const T = xs.length / C;
+    const o = f32(out, 'postnormResidual out', [T, C]);
+    const b = f32(branch, 'postnormResidual branch', [T, C]);
+    const ws = f32(w, 'postnormResidual w', [C]);
+    for (let t = 0; t < T; t++) {
+      const base = t * C;
+      let ss = 0;
+      for (let c = 0; c < C; c++) ss += xs[base + c] * xs[base + c];
+      const r = 1 / Math.sqrt(ss / C + eps);
+      for (let c = 0; c < C; c++) o[base + c] = ws[c] * (xs[base + c] * r) * alpha + b[base + c] * beta;
+    }
+  }
+
   siluInPlace(x: Tensor): void {
     const xs = f32(x, 'silu x');
     for (let i = 0; i < xs.length; i++) {

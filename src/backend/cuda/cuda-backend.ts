@@ -348,8 +348,9 @@ export class CudaBackend implements Backend, OpRuntime {
   embedding(out: Tensor, table: Tensor, ids: Tensor): void {
     const T = ids.shape[0];
     const [, D] = table.shape as [number, number];
-    const o = checkDims(out, 'embedding out', [T, D], 'bf16');
-    this.launch('elementwise', 'embedding_bf16', [T], [256], 0, [o.ptr, asCuda(table, 'table').ptr, asCuda(ids, 'ids').ptr, i32(D)]);
+    const o = checkDims(out, 'embedding out', [T, D]);
+    const kernel = o.dtype === 'f32' ? 'embedding_f32' : 'embedding_bf16';
+    this.launch('elementwise', kernel, [T], [256], 0, [o.ptr, asCuda(table, 'table').ptr, asCuda(ids, 'ids').ptr, i32(D)]);
   }
 
   linear(out: Tensor, x: Tensor, w: Tensor): void {
@@ -378,9 +379,23 @@ export class CudaBackend implements Backend, OpRuntime {
     const C = w.shape[0];
     const xc = asCuda(x, 'rmsNorm x');
     const rows = xc.size / C;
-    const oc = checkDims(out, 'rmsNorm out', [rows, C], 'bf16');
-    const threads = C >= 4096 ? 1024 : C >= 1024 ? 512 : 256;
-    this.launch('elementwise', 'rms_norm_bf16', [rows], [threads], 0, [oc.ptr, xc.ptr, asCuda(w, 'rmsNorm w').ptr, i32(C), f32(eps)]);
+    const oc = checkDims(out, 'rmsNorm out', [rows, C]);
+    const kernel = xc.dtype === 'bf16' && oc.dtype === 'bf16' ? 'rms_norm_bf16'
+      : xc.dtype === 'f32' && oc.dtype === 'bf16' ? 'rms_norm_f32_bf16'
+      : xc.dtype === 'f32' && oc.dtype === 'f32' ? 'rms_norm_f32_f32'
+      : undefined;
+    if (!kernel) throw new ShapeError(`rmsNorm: ${xc.dtype} → ${oc.dtype} is not supported`);
+    this.launch('elementwise', kernel, [rows], [normThreads(C)], 0, [oc.ptr, xc.ptr, asCuda(w, 'rmsNorm w').ptr, i32(C), f32(eps)]);
+  }
+
+  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number): void {
+    const C = w.shape[0];
+    const xc = asCuda(x, 'postnormResidual x');
+    const rows = xc.size / C;
+    const oc = checkDims(out, 'postnormResidual out', [rows, C], 'f32');
+    if (xc.dtype !== 'f32') throw new ShapeError('postnormResidual: the residual stream must be f32');
+    const bc = checkDims(branch, 'postnormResidual branch', [rows, C], 'bf16');
+    this.launch('elementwise', 'postnorm_residual_f32', [rows], [normThreads(C)], 0, [oc.ptr, xc.ptr, asCuda(w, 'w').ptr, bc.ptr, i32(C), f32(eps), f32(alpha), f32(beta)]);
   }
 
   residualAdd(out: Tensor, residual: Tensor, alpha: number, branch: Tensor, beta: number): void {
@@ -403,7 +418,9 @@ export class CudaBackend implements Backend, OpRuntime {
     const C = x.shape[x.shape.length - 1];
     const R = rows.shape[0];
     const o = checkDims(out, 'gatherRows out', [R, C]);
-    this.launch('elementwise', 'gather_rows_bf16', [R], [256], 0, [o.ptr, asCuda(x, 'x').ptr, asCuda(rows, 'rows').ptr, i32(C)]);
+    const xc = asCuda(x, 'gatherRows x');
+    if (xc.dtype !== o.dtype) throw new ShapeError(`gatherRows: ${xc.dtype} rows into a ${o.dtype} tensor`);
+    this.launch('elementwise', xc.dtype === 'f32' ? 'gather_rows_f32' : 'gather_rows_bf16', [R], [256], 0, [o.ptr, xc.ptr, asCuda(rows, 'rows').ptr, i32(C)]);
   }
 
   rope(x: Tensor, positions: Tensor, rotaryDim: number, theta: number): void {
@@ -499,6 +516,11 @@ export class CudaBackend implements Backend, OpRuntime {
       this.ctx.destroyEvent(s.event);
     }
   }
+}
+
+/** Threads per row for the norm kernels. */
+function normThreads(C: number): number {
+  return C >= 4096 ? 1024 : C >= 1024 ? 512 : 256;
 }
 
 function srcBytes(src: StDType): number {

@@ -2,12 +2,14 @@
 //
 // Each kernel matches the CPU op of the same name in src/backend/cpu (the fp32 reference) up to the bf16 rounding
 // points of the remote code (MODEL.md §4, §6, §7, §9): every PyTorch bf16 op computes in fp32 and rounds once.
-//   embedding_bf16      out[t, :] = table[ids[t], :]
+//   embedding_bf16/_f32 out[t, :] = table[ids[t], :]   (the residual stream is fp32: embedding_f32)
 //   rms_norm_bf16       y = bf16(w · bf16(x · rsqrt(mean(x²) + eps)))          (one block per row; out may alias x)
+//   rms_norm_f32_bf16   fp32 stream → bf16 GEMM input;  rms_norm_f32_f32: fp32 stream → fp32 router input
+//   postnorm_residual_f32  x = rms(x)·w·α + branch·β on the fp32 stream, the norm recomputed unrounded
 //   residual_add_bf16   y = bf16(bf16(r · α) + bf16(b · β))                     (postnorm residual)
 //   silu_bf16           x = bf16(silu(x))
 //   sigmoid_mul_bf16    y = bf16(bf16(sigmoid(g)) · x)                          (lightning output gate)
-//   gather_rows_bf16    out[r, :] = x[rows[r], :]
+//   gather_rows_bf16/_f32  out[r, :] = x[rows[r], :]
 //   rope_bf16           partial NeoX RoPE on dims [0, rot), fp32 angle = pos · θ^(−2i/rot)
 //   kv_append_bf16      copies new K/V rows of each segment into that segment's cache at rows [past, past + len)
 //   cast_bf16_f32 / cast_f32_bf16
@@ -22,20 +24,66 @@ extern "C" __global__ void embedding_bf16(bf16* __restrict__ out, const bf16* __
   for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = src[i];
 }
 
+// The residual stream is kept in fp32 (see postnorm_residual_f32).
+extern "C" __global__ void embedding_f32(float* __restrict__ out, const bf16* __restrict__ table, const int* __restrict__ ids, int D) {
+  const int t = blockIdx.x;
+  const bf16* src = table + (i64)ids[t] * D;
+  float* dst = out + (i64)t * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = bf2f(src[i]);
+}
+
+static __device__ __forceinline__ float load_f(const bf16* p, i64 i) { return bf2f(p[i]); }
+static __device__ __forceinline__ float load_f(const float* p, i64 i) { return p[i]; }
+static __device__ __forceinline__ void store_f(bf16* p, i64 i, float v) { p[i] = f2bf(v); }
+static __device__ __forceinline__ void store_f(float* p, i64 i, float v) { p[i] = v; }
+
+// 1/rms of one row in fp32 (one block per row). Callers rewrite exactly the elements each thread read, so out
+// may alias x.
+template <typename TIn>
+static __device__ float inv_rms_row(const TIn* xr, int cols, float eps, float* scratch) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = load_f(xr, i);
+    ss += v * v;
+  }
+  ss = block_sum(ss, scratch);
+  return rsqrtf(ss / (float)cols + eps);
+}
+
+// bf16 → bf16 keeps the reference's rounding points exactly: y = bf16(w · bf16(x · r)) (the lightning output norm).
 extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* __restrict__ w, int cols, float eps) {
   __shared__ float scratch[32];
   const i64 row = blockIdx.x;
   const bf16* xr = x + row * cols;
   bf16* yr = out + row * cols;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float v = bf2f(xr[i]);
-    ss += v * v;
-  }
-  ss = block_sum(ss, scratch);
-  const float r = rsqrtf(ss / (float)cols + eps);
-  // Each thread rewrites exactly the elements it read above, so out may alias x.
+  const float r = inv_rms_row(xr, cols, eps, scratch);
   for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = f2bf(bf2f(w[i]) * rbf(bf2f(xr[i]) * r));
+}
+
+// fp32 residual stream → the bf16 input of the next GEMMs (one rounding), or → fp32 (the router's input).
+template <typename TOut>
+static __device__ void rms_norm_from_f32(TOut* out, const float* x, const bf16* w, int cols, float eps) {
+  __shared__ float scratch[32];
+  const i64 row = blockIdx.x;
+  const float* xr = x + row * cols;
+  const float r = inv_rms_row(xr, cols, eps, scratch);
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) store_f(out, row * cols + i, bf2f(w[i]) * (xr[i] * r));
+}
+extern "C" __global__ void rms_norm_f32_bf16(bf16* out, const float* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_from_f32(out, x, w, cols, eps); }
+extern "C" __global__ void rms_norm_f32_f32(float* out, const float* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_from_f32(out, x, w, cols, eps); }
+
+// The postnorm residual of MODEL.md §7 on the fp32 stream: out = (w ⊙ x · rsqrt(mean(x²) + eps)) · α + branch · β,
+// with the normalised x recomputed in fp32 rather than read back rounded, so rounding does not accumulate across
+// layers. out may alias x.
+extern "C" __global__ void postnorm_residual_f32(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch,
+                                                 int cols, float eps, float alpha, float beta) {
+  __shared__ float scratch[32];
+  const i64 row = blockIdx.x;
+  const float* xr = x + row * cols;
+  const float r = inv_rms_row(xr, cols, eps, scratch);
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    out[row * cols + i] = bf2f(w[i]) * (xr[i] * r) * alpha + bf2f(branch[row * cols + i]) * beta;
+  }
 }
 
 extern "C" __global__ void residual_add_bf16(bf16* out, const bf16* res, const bf16* branch, i64 n, float alpha, float beta) {
@@ -52,6 +100,13 @@ extern "C" __global__ void sigmoid_mul_bf16(bf16* out, const bf16* gate, const b
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
     out[i] = f2bf(rbf(sigmoid(bf2f(gate[i]))) * bf2f(x[i]));
   }
+}
+
+extern "C" __global__ void gather_rows_f32(float* __restrict__ out, const float* __restrict__ x, const int* __restrict__ rows, int C) {
+  const int r = blockIdx.x;
+  const float* src = x + (i64)rows[r] * C;
+  float* dst = out + (i64)r * C;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
 }
 
 extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ x, const int* __restrict__ rows, int C) {
