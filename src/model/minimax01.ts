@@ -185,7 +185,8 @@ export class MiniMax01 {
       const kind = c.layerTypes[l];
       b.rmsNorm(h, x, w.inputNorm, c.rmsNormEps);
       trace?.('attn_norm', l, () => b.toFloat32(h));
-      const a = ws.get('a', [T, D], act);
+      // Branch outputs stay fp32 until they join the fp32 residual stream.
+      const a = ws.get('a', [T, D], 'f32');
       if (w.attn.kind === 'lightning') {
         const segs = soft.map((s) => ({ start: s.start, length: s.length, state: s.state.lightning[l]! }));
         this.lightningBlock(a, h, w.attn, segs, T, l, trace);
@@ -198,7 +199,7 @@ export class MiniMax01 {
       b.rmsNorm(h, x, w.postNorm, c.rmsNormEps);
       if (hRouter !== h) b.rmsNorm(hRouter, x, w.postNorm, c.rmsNormEps);
       trace?.('ffn_norm', l, () => b.toFloat32(h));
-      const m = ws.get('m', [T, D], act);
+      const m = ws.get('m', [T, D], 'f32');
       this.moeBlock(m, h, hRouter, w, T);
       trace?.('moe_out', l, () => b.toFloat32(m));
       // out = h2·α + m·β

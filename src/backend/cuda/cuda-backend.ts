@@ -394,8 +394,8 @@ export class CudaBackend implements Backend, OpRuntime {
     const rows = xc.size / C;
     const oc = checkDims(out, 'postnormResidual out', [rows, C], 'f32');
     if (xc.dtype !== 'f32') throw new ShapeError('postnormResidual: the residual stream must be f32');
-    const bc = checkDims(branch, 'postnormResidual branch', [rows, C], 'bf16');
-    this.launch('elementwise', 'postnorm_residual_f32', [rows], [normThreads(C)], 0, [oc.ptr, xc.ptr, asCuda(w, 'w').ptr, bc.ptr, i32(C), f32(eps), f32(alpha), f32(beta)]);
+    const bc = checkDims(branch, 'postnormResidual branch', [rows, C]);
+    this.launch('elementwise', bc.dtype === 'f32' ? 'postnorm_residual_f32' : 'postnorm_residual_bf16', [rows], [normThreads(C)], 0, [oc.ptr, xc.ptr, asCuda(w, 'w').ptr, bc.ptr, i32(C), f32(eps), f32(alpha), f32(beta)]);
   }
 
   residualAdd(out: Tensor, residual: Tensor, alpha: number, branch: Tensor, beta: number): void {
@@ -477,7 +477,7 @@ export class CudaBackend implements Backend, OpRuntime {
     const K = indices.shape[1];
     moeExperts(
       this,
-      checkDims(out, 'moe out', [T, D], 'bf16'), checkDims(x, 'moe x', [T, D], 'bf16'),
+      checkDims(out, 'moe out', [T, D]), checkDims(x, 'moe x', [T, D], 'bf16'),
       checkDims(indices, 'moe indices', [T, K], 'i32'), checkDims(weights, 'moe weights', [T, K], 'f32'),
       checkDims(w13, 'moe w13', [E, I2, D], 'bf16'), checkDims(w2, 'moe w2', [E, D, I2 / 2], 'bf16'),
       T, K, E, D, I2 / 2,

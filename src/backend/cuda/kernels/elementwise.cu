@@ -5,7 +5,8 @@
 //   embedding_bf16/_f32 out[t, :] = table[ids[t], :]   (the residual stream is fp32: embedding_f32)
 //   rms_norm_bf16       y = bf16(w · bf16(x · rsqrt(mean(x²) + eps)))          (one block per row; out may alias x)
 //   rms_norm_f32_bf16   fp32 stream → bf16 GEMM input;  rms_norm_f32_f32: fp32 stream → fp32 router input
-//   postnorm_residual_f32  x = rms(x)·w·α + branch·β on the fp32 stream, the norm recomputed unrounded
+//   postnorm_residual_f32/_bf16  x = rms(x)·w·α + branch·β on the fp32 stream (fp32 / bf16 branch), the norm
+//                       recomputed unrounded
 //   residual_add_bf16   y = bf16(bf16(r · α) + bf16(b · β))                     (postnorm residual)
 //   silu_bf16           x = bf16(silu(x))
 //   sigmoid_mul_bf16    y = bf16(bf16(sigmoid(g)) · x)                          (lightning output gate)
@@ -74,16 +75,24 @@ extern "C" __global__ void rms_norm_f32_f32(float* out, const float* x, const bf
 
 // The postnorm residual of MODEL.md §7 on the fp32 stream: out = (w ⊙ x · rsqrt(mean(x²) + eps)) · α + branch · β,
 // with the normalised x recomputed in fp32 rather than read back rounded, so rounding does not accumulate across
-// layers. out may alias x.
-extern "C" __global__ void postnorm_residual_f32(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch,
-                                                 int cols, float eps, float alpha, float beta) {
+// layers. out may alias x. The branch is fp32 (the model's branch outputs) or bf16.
+template <typename TB>
+static __device__ void postnorm_residual(float* out, const float* x, const bf16* w, const TB* branch, int cols, float eps, float alpha, float beta) {
   __shared__ float scratch[32];
   const i64 row = blockIdx.x;
   const float* xr = x + row * cols;
   const float r = inv_rms_row(xr, cols, eps, scratch);
   for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    out[row * cols + i] = bf2f(w[i]) * (xr[i] * r) * alpha + bf2f(branch[row * cols + i]) * beta;
+    out[row * cols + i] = bf2f(w[i]) * (xr[i] * r) * alpha + load_f(branch, row * cols + i) * beta;
   }
+}
+extern "C" __global__ void postnorm_residual_f32(float* out, const float* x, const bf16* __restrict__ w, const float* __restrict__ branch,
+                                                 int cols, float eps, float alpha, float beta) {
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
+}
+extern "C" __global__ void postnorm_residual_bf16(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch,
+                                                  int cols, float eps, float alpha, float beta) {
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
 }
 
 extern "C" __global__ void residual_add_bf16(bf16* out, const bf16* res, const bf16* branch, i64 n, float alpha, float beta) {

@@ -390,3 +390,32 @@ extern "C" __global__ void __launch_bounds__(256) moe_combine_bf16(bf16* __restr
     }
   }
 }
+
+// moe_combine_f32: the combine for an fp32 output (the engine keeps branch outputs in fp32 before they join the fp32
+// residual stream): out[t, :] = Σ_k w[t, k] · y[row_k, :] in fp32, the weights unrounded, slots added in ascending
+// expert order. Same slot/row conventions as moe_combine_bf16.
+extern "C" __global__ void __launch_bounds__(256) moe_combine_f32(float* __restrict__ out, const bf16* __restrict__ y, const int* __restrict__ row_of_slot,
+                                                                 const int* __restrict__ idx, const float* __restrict__ w, int K, int D) {
+  __shared__ int rows[MOE_MAX_K];
+  __shared__ float wts[MOE_MAX_K];
+  const int t = blockIdx.x;
+  if ((int)threadIdx.x < K) {
+    const int k = threadIdx.x;
+    const int s = t * K + k;
+    const int e = idx[s];
+    int rank = 0;
+    for (int k2 = 0; k2 < K; ++k2) {
+      const int e2 = idx[t * K + k2];
+      rank += (e2 < e) || (e2 == e && k2 < k);
+    }
+    rows[rank] = row_of_slot ? row_of_slot[s] : s;
+    wts[rank] = w[s];
+  }
+  __syncthreads();
+  float* o = out + (i64)t * D;
+  for (int c = threadIdx.x; c < D; c += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < K; ++j) acc = fmaf(bf2f(y[(i64)rows[j] * D + c]), wts[j], acc);
+    o[c] = acc;
+  }
+}

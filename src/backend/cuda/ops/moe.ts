@@ -8,8 +8,9 @@
  *    No host sync, so decode steps can be captured in CUDA graphs.
  *  - many slots (prefill): a device histogram is read back (one sync), slots are scattered into expert order,
  *    rows gathered, and each expert runs two cuBLAS GEMMs (w13, then w2 after SwiGLU) on its contiguous rows.
- * Both end in moe_combine_bf16: out[t] = Σ_k bf16(w_k) · y_k, added in ascending expert order with bf16 rounding
- * after each add (the reference's accumulation).
+ * Both end in a combine: moe_combine_bf16 (bf16 output) reproduces the reference's accumulation, bf16(w_k) · y_k
+ * added in ascending expert order with bf16 rounding after each add; moe_combine_f32 (the engine's fp32 branch
+ * buffers) adds the same terms in fp32 with unrounded weights.
  */
 
 import { InternalError, ShapeError } from '../../../util/errors.js';
@@ -42,7 +43,7 @@ export function moeExperts(
     rt.launch('moe', 'moe_sort_small', [1], [1024], 0, [order, idx.ptr, i32(TK), i32(E)]);
     rt.launch('moe', 'moe_grouped_w13_bf16', [E, Math.ceil(I / 16)], [256], 0, [act, x.ptr, order, w13.ptr, i32(K), i32(D), i32(I), i32(E)]);
     rt.launch('moe', 'moe_grouped_w2_bf16', [E, Math.ceil(D / 16)], [256], 0, [y, act, order, w2.ptr, i32(D), i32(I), i32(E)]);
-    rt.launch('moe', 'moe_combine_bf16', [T], [256], 0, [out.ptr, y, 0n, idx.ptr, w.ptr, i32(K), i32(D)]);
+    rt.launch('moe', combineKernel(out), [T], [256], 0, [out.ptr, y, 0n, idx.ptr, w.ptr, i32(K), i32(D)]);
     return;
   }
   if (rt.replaying || rt.ctx.isCapturing) throw new InternalError('the grouped-GEMM MoE path syncs with the host and cannot run inside a CUDA graph');
@@ -77,5 +78,10 @@ export function moeExperts(
     const r0 = BigInt(offsets[e]);
     rt.blas.linear(y + r0 * BigInt(D * 2), CUDA_R_16BF, D, act + r0 * BigInt(I * 2), CUDA_R_16BF, I, w2.ptr + BigInt(e * D * I * 2), CUDA_R_16BF, I, n, D, I);
   }
-  rt.launch('moe', 'moe_combine_bf16', [T], [256], 0, [out.ptr, y, rowOfSlot, idx.ptr, w.ptr, i32(K), i32(D)]);
+  rt.launch('moe', combineKernel(out), [T], [256], 0, [out.ptr, y, rowOfSlot, idx.ptr, w.ptr, i32(K), i32(D)]);
+}
+
+/** bf16 output: the reference's bf16 accumulation; fp32 output (the engine's branch buffers): fp32 accumulation. */
+function combineKernel(out: CudaTensor): string {
+  return out.dtype === 'f32' ? 'moe_combine_f32' : 'moe_combine_bf16';
 }
