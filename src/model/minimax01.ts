@@ -9,8 +9,8 @@
  *   per layer l:  h1 = rms(x) · attn → a;  x1 = h1·α + a·β;  h2 = rms(x1) · moe → m;  x = h2·α + m·β
  *   logits = rms(x) · lm_headᵀ       (rows requested only)
  *
- * Intermediates carry trace names (`embed`, `attn_norm`, `lightning_out`, `attn_out`, `ffn_norm`, `moe_out`,
- * `l_out`, `final_norm`) so a trace hook can compare any of them with a reference.
+ * Intermediates carry trace names (`embed`, `attn_norm`, `lightning_out`, `attn_out`, `ffn_norm`, `router_topk`,
+ * `moe_out`, `l_out`, `final_norm`) so a trace hook can compare any of them with a reference.
  */
 
 import type { AttentionSegment, Backend, DType, LightningSegment, SampleParams, Tensor } from '../backend/backend.js';
@@ -200,7 +200,7 @@ export class MiniMax01 {
       if (hRouter !== h) b.rmsNorm(hRouter, x, w.postNorm, c.rmsNormEps);
       trace?.('ffn_norm', l, () => b.toFloat32(h));
       const m = ws.get('m', [T, D], 'f32');
-      this.moeBlock(m, h, hRouter, w, T);
+      this.moeBlock(m, h, hRouter, w, T, l, trace);
       trace?.('moe_out', l, () => b.toFloat32(m));
       // out = h2·α + m·β
       b.postnormResidual(x, x, w.postNorm, c.rmsNormEps, c.alpha.mlp, m, c.beta.mlp);
@@ -264,7 +264,7 @@ export class MiniMax01 {
   }
 
   /** MODEL.md §10: fp32 router softmax → top-K → renormalise → SwiGLU experts → weighted sum. */
-  private moeBlock(out: Tensor, h: Tensor, hRouter: Tensor, w: LayerWeights, T: number): void {
+  private moeBlock(out: Tensor, h: Tensor, hRouter: Tensor, w: LayerWeights, T: number, l: number, trace?: TraceHook): void {
     const { numExperts: E, numExpertsPerTok: K } = this.config;
     const b = this.backend, ws = this.ws;
     const logits = ws.get('router', [T, E], 'f32');
@@ -272,6 +272,7 @@ export class MiniMax01 {
     const idx = ws.get('topk_idx', [T, K], 'i32');
     const wts = ws.get('topk_w', [T, K], 'f32');
     b.moeRoute(idx, wts, logits);
+    trace?.('router_topk', l, () => b.toFloat32(idx));
     b.moeExperts(out, h, idx, wts, w.w13, w.w2);
   }
 
