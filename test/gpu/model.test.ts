@@ -27,11 +27,12 @@ for (const name of ['tiny', 'tiny-bf16', 'tiny-hf', 'small-d128']) {
     const r = await fixtureParity(name);
     console.log(
       `# ${name}: max rel err ${r.maxRelErr.toExponential(2)} over the ${r.rows - r.rowsAfterFlip} of ${r.rows} rows not downstream of a ` +
-        `routing flip (all rows: ${r.maxRelErrAllRows.toExponential(2)}); greedy ${r.greedyMatch ? 'all 32 equal' : `diverged at step ${r.firstDivergence} (within top 5)`}`,
+        `routing flip (all rows: ${r.maxRelErrAllRows.toExponential(2)}; ${r.flipTokens} tokens flipped); greedy ${r.greedyMatch ? 'all 32 equal' : `diverged at step ${r.firstDivergence} (within top 5)`}`,
     );
     assert.ok(r.maxRelErr <= LOGITS_TOL, `${name}: logits max rel err ${r.maxRelErr} on rows whose routing matches the fp32 computation`);
-    // A bf16 engine may flip a near-tie now and then; more than a few percent of tokens would mean a real bug.
-    assert.ok(r.rowsAfterFlip <= r.rows * 0.5, `${name}: ${r.rowsAfterFlip} of ${r.rows} rows are downstream of a routing flip`);
+    // A bf16 engine flips a near-tie now and then (2–9 % of tokens measured on these fixtures); a wrong router or
+    // hidden state would flip most of them.
+    assert.ok(r.flipTokens <= r.rows * 0.15, `${name}: ${r.flipTokens} of ${r.rows} tokens route differently from the fp32 computation`);
   });
 }
 

@@ -27,6 +27,8 @@ export interface FixtureReport {
   rows: number;
   /** Rows at or after a token whose expert choice differs from the fp32 computation. */
   rowsAfterFlip: number;
+  /** Tokens whose own expert choice (at some layer) differs from the fp32 computation. */
+  flipTokens: number;
   /** Worst row error among rows not downstream of a routing flip. */
   maxRelErr: number;
   /** Worst row error over all rows. */
@@ -51,7 +53,7 @@ export async function fixtureParity(name: string): Promise<FixtureReport> {
   const exp = await readExpected(name);
   const V = model.config.vocabSize, K = model.config.numExpertsPerTok;
   try {
-    let worst = 0, worstAll = 0, rows = 0, afterFlip = 0;
+    let worst = 0, worstAll = 0, rows = 0, afterFlip = 0, flipTokens = 0;
     for (let i = 0; exp.has(`p${i}.ids`); i++) {
       const ids = getIds(exp, `p${i}.ids`);
       const want = getF32(exp, `p${i}.logits`);
@@ -59,7 +61,9 @@ export async function fixtureParity(name: string): Promise<FixtureReport> {
       let flipped = false;
       for (let t = 0; t < ids.length; t++) {
         const set = (r: Float32Array) => Array.from(r.subarray(t * K, (t + 1) * K)).sort((a, b) => a - b).join(',');
-        flipped ||= g.routes.some((r, l) => set(r) !== set(c.routes[l]));
+        const own = g.routes.some((r, l) => set(r) !== set(c.routes[l]));
+        if (own) flipTokens++;
+        flipped ||= own;
         const e = maxRelErr(g.rows[t], want.subarray(t * V, (t + 1) * V));
         rows++;
         worstAll = Math.max(worstAll, e);
@@ -84,7 +88,7 @@ export async function fixtureParity(name: string): Promise<FixtureReport> {
       if (i + 1 < wantIds.length) logits = s.append([id]).row(0);
     }
     s.dispose();
-    return { fixture: name, rows, rowsAfterFlip: afterFlip, maxRelErr: worst, maxRelErrAllRows: worstAll, greedyMatch: firstDivergence === null, firstDivergence };
+    return { fixture: name, rows, rowsAfterFlip: afterFlip, flipTokens, maxRelErr: worst, maxRelErrAllRows: worstAll, greedyMatch: firstDivergence === null, firstDivergence };
   } finally {
     model.dispose();
     cpu.dispose();
