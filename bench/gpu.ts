@@ -2,8 +2,9 @@
  * `npm run bench`: GPU figures written to bench/results/h200.json (or $LMOE_BENCH_OUT) in the format of
  * DEVELOPERS.md, plus a short table on stdout.
  *
- *  gpu_fixture_logits_max_rel_err           worst row max|Δ|/max|ref| of the fixture logits (bf16 GPU vs float64
- *                                           reference) over rows not downstream of a routing flip (gpu-parity.ts)
+ *  gpu_fixture_logits_max_rel_err           worst row max|Δ|/max|ref| of the fixture logits over rows not downstream
+ *                                           of a routing flip, against the float64 reference (bf16 checkpoints) or
+ *                                           the CPU with the same bf16 weights (fp32 checkpoints) — gpu-parity.ts
  *  gpu_fixture_logits_max_rel_err_all_rows  the same over every row
  *  gpu_fixture_rows_after_routing_flip      rows at or after a token whose experts differ from the fp32 choice
  *  gpu_fixture_greedy_match                 1 if greedy decoding equals gen.ids on every fixture, else 0 (a
@@ -47,7 +48,7 @@ async function main(): Promise<void> {
   for (const name of ['tiny', 'tiny-bf16', 'tiny-hf', 'small-d128']) {
     const r = await fixtureParity(name);
     log(
-      `fixture ${name.padEnd(11)} logits max rel err ${r.maxRelErr.toExponential(2)} (rows not after a routing flip), ` +
+      `fixture ${name.padEnd(11)} logits max rel err ${r.maxRelErr.toExponential(2)} vs ${r.reference} (${r.vsFloat64.toExponential(2)} vs float64; rows not after a routing flip), ` +
         `${r.maxRelErrAllRows.toExponential(2)} (all), ${r.rowsAfterFlip}/${r.rows} rows after a flip; greedy ${r.greedyMatch ? 'match' : `diverged at ${r.firstDivergence}`}`,
     );
     worst = Math.max(worst, r.maxRelErr);

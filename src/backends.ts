@@ -24,26 +24,29 @@ export interface BackendChoice {
 }
 
 export interface CreateBackendOptions {
+  /** Weight storage: 'bf16' (the CUDA default; emulated exactly on the CPU) or 'f32' (the CPU default). */
+  readonly weightDType?: 'bf16' | 'f32';
   /** Called once per kernel file NVRTC compiles or loads from its cache. */
   readonly onCompile?: (e: { file: string; cached: boolean; seconds: number }) => void;
 }
 
 export async function createBackend(device: Device, options: CreateBackendOptions = {}): Promise<BackendChoice> {
-  if (device === 'cpu') return cpuChoice();
+  if (device === 'cpu') return cpuChoice(options.weightDType);
   if (device !== 'cuda' && device !== 'auto') {
     throw new UnsupportedError(`unknown device "${String(device)}" (expected "cuda", "cpu" or "auto")`);
   }
   try {
     const { CudaBackend } = await import('./backend/cuda/cuda-backend.js');
+    if (options.weightDType === 'f32') throw new UnsupportedError('weightDType "f32" is not supported on the CUDA backend (weights are bf16 there)');
     const backend = new CudaBackend({ onCompile: options.onCompile });
     return { backend, activationDType: 'bf16', weightDType: 'bf16', deviceName: backend.ctx.info.name };
   } catch (e) {
     if (device === 'cuda') throw e;
     const reason = e instanceof LightningMoeError ? e.message : `CUDA backend unavailable: ${(e as Error).message}`;
-    return { ...cpuChoice(), fallbackReason: reason };
+    return { ...cpuChoice(options.weightDType), fallbackReason: reason };
   }
 }
 
-function cpuChoice(): BackendChoice {
-  return { backend: new CpuBackend(), activationDType: 'f32', weightDType: 'f32', deviceName: 'cpu' };
+function cpuChoice(weightDType: 'bf16' | 'f32' = 'f32'): BackendChoice {
+  return { backend: new CpuBackend(), activationDType: 'f32', weightDType, deviceName: 'cpu' };
 }

@@ -41,6 +41,11 @@ export interface LoadModelOptions {
   readonly onProgress?: (event: LoadProgressEvent) => void;
   /** Cancels loading between chunks. */
   readonly signal?: AbortSignal;
+  /**
+   * Weight storage: 'bf16' (the CUDA default; on the CPU, weights are rounded to bf16 and computed in fp32, which
+   * reproduces what a bf16 device sees) or 'f32' (the CPU default; not available on CUDA).
+   */
+  readonly weightDType?: 'bf16' | 'f32';
 }
 
 /** Defaults read from generation_config.json; explicit options win over them. */
@@ -216,6 +221,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   if (!stat?.isDirectory()) throw new ConfigError(`model directory not found: ${dir}`, { file: dir });
   const config = await loadModelConfig(abs);
   const choice = await createBackend(options.device ?? 'auto', {
+    weightDType: options.weightDType,
     onCompile: options.onProgress && ((e) => options.onProgress!({ status: 'compile', ...e })),
   });
   const backend = choice.backend;

@@ -1,12 +1,13 @@
 /**
- * The CPU backend: plain-loop fp32 implementations of every op in backend.ts. It is the numerical reference the
+ * The CPU backend: plain-loop fp32 implementations of every op in backend.ts. Tensors are stored as f32; one
+ * allocated as bf16 holds bf16-rounded values (so bf16 weight storage can be emulated exactly). It is the numerical reference the
  * CUDA backend is tested against, and it runs the fixture models in CI. All math is fp32 storage with float64
  * accumulation; no op allocates per element (scratch buffers are reused across calls).
  */
 
 import type { AttentionSegment, Backend, DType, LightningSegment, Tensor } from '../backend.js';
 import type { StDType } from '../../weights/safetensors.js';
-import { decodeToFloat32 } from '../../util/dtype.js';
+import { decodeToFloat32, roundBf16 } from '../../util/dtype.js';
 import { ShapeError, UnsupportedError } from '../../util/errors.js';
 import { CpuTensor, asCpu, checkShape, f32, i32, numel } from './tensor.js';
 import { matmulNT } from './matmul.js';
@@ -81,7 +82,9 @@ export class CpuBackend implements Backend {
     const c = asCpu(t, 'writeBytes');
     if (c.dtype === 'i32') throw new UnsupportedError('writeBytes into an i32 tensor');
     const dst = c.data;
-    decodeToFloat32(bytes, src, dst, offset);
+    const n = decodeToFloat32(bytes, src, dst, offset);
+    // A bf16 tensor on the CPU holds bf16-representable values (bf16 weight storage, computed in fp32).
+    if (c.dtype === 'bf16') for (let i = offset; i < offset + n; i++) dst[i] = roundBf16(dst[i]);
   }
 
   copy(dst: Tensor, src: Tensor): void {
