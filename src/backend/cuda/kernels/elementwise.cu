@@ -1,15 +1,16 @@
 // elementwise.cu — the small memory-bound ops of the MiniMax-01 forward pass, bf16 in and out, fp32 math.
 //
-// Each kernel matches the CPU op of the same name in src/backend/cpu (the fp32 reference) up to the bf16 rounding
-// points of the remote code (MODEL.md §4, §6, §7, §9): every PyTorch bf16 op computes in fp32 and rounds once.
+// Each kernel matches the CPU op of the same name in src/backend/cpu (the fp32 reference) up to bf16 rounding: math
+// in fp32, one rounding per stored bf16 output (never more rounding points than the remote code, MODEL.md §4),
+// and the residual stream in fp32.
 //   embedding_bf16/_f32 out[t, :] = table[ids[t], :]   (the residual stream is fp32: embedding_f32)
-//   rms_norm_bf16       y = bf16(w · bf16(x · rsqrt(mean(x²) + eps)))          (one block per row; out may alias x)
+//   rms_norm_bf16       y = bf16(w · x · rsqrt(mean(x²) + eps))                (one block per row; out may alias x)
 //   rms_norm_f32_bf16   fp32 stream → bf16 GEMM input;  rms_norm_f32_f32: fp32 stream → fp32 router input
 //   postnorm_residual_f32/_bf16  x = rms(x)·w·α + branch·β on the fp32 stream (fp32 / bf16 branch), the norm
 //                       recomputed unrounded
 //   residual_add_bf16   y = bf16(bf16(r · α) + bf16(b · β))                     (postnorm residual)
 //   silu_bf16           x = bf16(silu(x))
-//   sigmoid_mul_bf16    y = bf16(bf16(sigmoid(g)) · x)                          (lightning output gate)
+//   sigmoid_mul_bf16    y = bf16(sigmoid(g) · x)                                 (lightning output gate)
 //   gather_rows_bf16/_f32  out[r, :] = x[rows[r], :]
 //   rope_bf16           partial NeoX RoPE on dims [0, rot), fp32 angle = pos · θ^(−2i/rot)
 //   kv_append_bf16      copies new K/V rows of each segment into that segment's cache at rows [past, past + len)
@@ -51,14 +52,15 @@ static __device__ float inv_rms_row(const TIn* xr, int cols, float eps, float* s
   return rsqrtf(ss / (float)cols + eps);
 }
 
-// bf16 → bf16 keeps the reference's rounding points exactly: y = bf16(w · bf16(x · r)) (the lightning output norm).
+// bf16 → bf16 (the lightning output norm): y = bf16(w · x · r), one rounding where the reference rounds twice
+// (bf16(w · bf16(x · r))): closer to the exact computation at no cost.
 extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* __restrict__ w, int cols, float eps) {
   __shared__ float scratch[32];
   const i64 row = blockIdx.x;
   const bf16* xr = x + row * cols;
   bf16* yr = out + row * cols;
   const float r = inv_rms_row(xr, cols, eps, scratch);
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = f2bf(bf2f(w[i]) * rbf(bf2f(xr[i]) * r));
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = f2bf(bf2f(w[i]) * (bf2f(xr[i]) * r));
 }
 
 // fp32 residual stream → the bf16 input of the next GEMMs (one rounding), or → fp32 (the router's input).
@@ -105,9 +107,10 @@ extern "C" __global__ void silu_bf16(bf16* x, i64 n) {
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] = f2bf(silu(bf2f(x[i])));
 }
 
+// One rounding (the reference rounds the sigmoid first, then the product).
 extern "C" __global__ void sigmoid_mul_bf16(bf16* out, const bf16* gate, const bf16* x, i64 n) {
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-    out[i] = f2bf(rbf(sigmoid(bf2f(gate[i]))) * bf2f(x[i]));
+    out[i] = f2bf(sigmoid(bf2f(gate[i])) * bf2f(x[i]));
   }
 }
 
