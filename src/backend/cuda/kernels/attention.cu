@@ -63,38 +63,6 @@ struct __align__(16) U4 {
 
 // ---------------------------------------------------------------------------------------------- PTX helpers
 
-static __device__ __forceinline__ u32 smem_u32(const void* p) {
-  u32 a;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-  return a;
-}
-
-// 16-byte global → shared copy; when !valid nothing is read and the 16 bytes are zero-filled (src must still be a
-// valid address: callers pass the tensor base).
-static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-static __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Four 8×8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i; lane l receives, per matrix, row l/4,
-// columns 2(l%4), 2(l%4)+1 (x4), or with .trans row 2(l%4) and 2(l%4)+1 of column l/4 (x4_t).
-static __device__ __forceinline__ void ldsm_x4(u32* r, u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-static __device__ __forceinline__ void ldsm_x4_t(u32* r, u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
 // Two fp32 → packed bf16x2 (round to nearest even); `lo` lands in the low half (the lower column / k index).
 static __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
   u32 r;

@@ -71,38 +71,6 @@ static __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b;
 static __device__ __forceinline__ u64 pack2f(float x, float y) { return (u64)__float_as_uint(x) | ((u64)__float_as_uint(y) << 32); }
 
 // ---------------------------------------------------------------------------------------------- PTX helpers
-static __device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 r;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-  return r;
-}
-
-// 16-byte global → shared copy; when !valid nothing is read and the 16 bytes are zero-filled.
-static __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-static __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Four 8×8 bf16 matrices; lanes 8q..8q+7 give the row addresses of matrix q. Non-transposed: lane L receives
-// M_q[L/4][2(L%4) .. 2(L%4)+1]; transposed: M_q[2(L%4)][L/4] (low half) and M_q[2(L%4)+1][L/4] (high half).
-static __device__ __forceinline__ void ldsm_x4(u32* r, u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-static __device__ __forceinline__ void ldsm_x4_t(u32* r, u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
 // e^(−s·n), fp32 product then accurate expf (MODEL.md §8.5).
 static __device__ __forceinline__ float decay(float s, int n) { return expf(-(s * (float)n)); }
 
@@ -256,7 +224,7 @@ static __device__ __forceinline__ void block_kv_tc(float* ws, const bf16* qkv, c
   const i64 rs = (i64)3 * H * D;
   const bf16* kbase = qkv + (i64)blk_start[b] * rs + (i64)h * 3 * D + D;
   const bf16* vbase = kbase + D;
-  const u32 sb = smem_addr(lt_smem);
+  const u32 sb = smem_u32(lt_smem);
   const int nch = (m + C::KC - 1) / C::KC;
 
   auto issue = [&](int t) {
@@ -449,7 +417,7 @@ static __device__ __forceinline__ void block_out_tc(bf16* out, const bf16* qkv, 
   const bf16* qbase = qkv + (i64)row0 * rs + (i64)h * 3 * D;
   const bf16* kbase = qbase + D;
   const bf16* vbase = qbase + 2 * D;
-  const u32 sb = smem_addr(lt_smem);
+  const u32 sb = smem_u32(lt_smem);
   const u32 sQ = sb, sU = sb + C::Q_BYTES;
   float* tab = reinterpret_cast<float*>(lt_smem + C::Q_BYTES + C::U_BYTES);  // [2][TAB]
 

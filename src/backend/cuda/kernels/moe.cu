@@ -341,25 +341,31 @@ extern "C" __global__ void swiglu_bf16(bf16* __restrict__ act, const bf16* __res
 // Combine
 // ---------------------------------------------------------------------------------------------------------------
 
+// Ranks token t's K slots by ascending expert id (ties — duplicate experts — by k) into rows[]/wts[] (shared);
+// `round_w` casts the routing weights to bf16 as the reference does before the multiply. Call with ≥ K threads.
+static __device__ __forceinline__ void moe_rank_slots(int* rows, float* wts, const int* row_of_slot, const int* idx, const float* w, int t, int K, bool round_w) {
+  if ((int)threadIdx.x < K) {
+    const int k = threadIdx.x;
+    const int s = t * K + k;
+    const int e = idx[s];
+    int rank = 0;
+    for (int k2 = 0; k2 < K; ++k2) {
+      const int e2 = idx[t * K + k2];
+      rank += (e2 < e) || (e2 == e && k2 < k);
+    }
+    rows[rank] = row_of_slot ? row_of_slot[s] : s;
+    wts[rank] = round_w ? rbf(w[s]) : w[s];
+  }
+  __syncthreads();
+}
+
 // grid (T), block 256; K ≤ 32.
 extern "C" __global__ void __launch_bounds__(256) moe_combine_bf16(bf16* __restrict__ out, const bf16* __restrict__ y, const int* __restrict__ row_of_slot,
                                                                   const int* __restrict__ idx, const float* __restrict__ w, int K, int D) {
   __shared__ int rows[MOE_MAX_K];
   __shared__ float wts[MOE_MAX_K];
   const int t = blockIdx.x;
-  if ((int)threadIdx.x < K) {
-    const int k = threadIdx.x;
-    const int s = t * K + k;
-    const int e = idx[s];
-    int rank = 0;  // position of slot k in ascending expert order (ties — duplicate experts — by k)
-    for (int k2 = 0; k2 < K; ++k2) {
-      const int e2 = idx[t * K + k2];
-      rank += (e2 < e) || (e2 == e && k2 < k);
-    }
-    rows[rank] = row_of_slot ? row_of_slot[s] : s;
-    wts[rank] = rbf(w[s]);  // routing weight cast to bf16 before the multiply
-  }
-  __syncthreads();
+  moe_rank_slots(rows, wts, row_of_slot, idx, w, t, K, true);
   bf16* o = out + (i64)t * D;
   const bool vec = (D & 7) == 0 && ((((u64)out) | ((u64)y)) & 15) == 0;
   if (vec) {
@@ -399,19 +405,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_combine_f32(float* __restr
   __shared__ int rows[MOE_MAX_K];
   __shared__ float wts[MOE_MAX_K];
   const int t = blockIdx.x;
-  if ((int)threadIdx.x < K) {
-    const int k = threadIdx.x;
-    const int s = t * K + k;
-    const int e = idx[s];
-    int rank = 0;
-    for (int k2 = 0; k2 < K; ++k2) {
-      const int e2 = idx[t * K + k2];
-      rank += (e2 < e) || (e2 == e && k2 < k);
-    }
-    rows[rank] = row_of_slot ? row_of_slot[s] : s;
-    wts[rank] = w[s];
-  }
-  __syncthreads();
+  moe_rank_slots(rows, wts, row_of_slot, idx, w, t, K, false);
   float* o = out + (i64)t * D;
   for (int c = threadIdx.x; c < D; c += blockDim.x) {
     float acc = 0.f;
