@@ -115,9 +115,10 @@ export class MiniMax01 {
   private run(items: readonly ForwardItem[], options: ForwardOptions, after?: (logits: Tensor) => void): { logits: Tensor | undefined; rows: number } {
     const b = this.backend;
     const mode = options.logits ?? 'last';
+    const T = this.validate(items); // before any state changes
     let result: { logits: Tensor | undefined; rows: number } = { logits: undefined, rows: 0 };
     const body = (): void => {
-      result = this.enqueue(items, mode, options.trace);
+      result = this.enqueue(items, T, mode, options.trace);
       if (after && result.logits) after(result.logits);
     };
     const graphable = b.runGraph !== undefined && !options.trace && items.length > 0 && items.every((it) => it.tokens.length === 1);
@@ -125,7 +126,6 @@ export class MiniMax01 {
       body();
       return result;
     }
-    this.validate(items);
     for (const it of items) it.state.reserve(it.state.position + 1);
     b.runGraph!(`step:${items.length}:${mode}:${after ? 'sample' : 'logits'}`, body);
     return result;
@@ -147,11 +147,11 @@ export class MiniMax01 {
     return T;
   }
 
-  private enqueue(items: readonly ForwardItem[], mode: 'all' | 'last' | 'none', trace: TraceHook | undefined): { logits: Tensor | undefined; rows: number } {
+  /** Enqueues one step over validated items with T tokens in total. */
+  private enqueue(items: readonly ForwardItem[], T: number, mode: 'all' | 'last' | 'none', trace: TraceHook | undefined): { logits: Tensor | undefined; rows: number } {
     const c = this.config, b = this.backend, ws = this.ws;
     const { hiddenSize: D, vocabSize: V } = c;
     const act = this.actDType;
-    const T = this.validate(items);
     b.beginStep();
 
     // ---- the batch: ids, positions, segments ----

@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { loadModel, type Model } from '../../src/index.js';
+import { loadModel } from '../../src/index.js';
 import { FIXTURES, REPO_ROOT } from '../helpers/paths.js';
 import { getIds, readExpected } from '../helpers/expected.js';
 import { argmax } from '../../src/engine/sampling.js';

@@ -9,7 +9,7 @@ import { Rng } from '../../src/engine/sampling.js';
 import { roundBf16 } from '../../src/util/dtype.js';
 
 export interface Gpu {
-  readonly backend: Backend & { synchronize(): void; poison?(t: Tensor): void };
+  readonly backend: Backend & { synchronize(): void };
 }
 
 let cached: { gpu?: Gpu; reason?: string } | undefined;

@@ -6,11 +6,8 @@
  */
 
 import { CublasError } from './errors.js';
-import { loadLibrary } from './libraries.js';
+import { bindFunctions, loadLibrary, type NativeFn } from './libraries.js';
 import type { CudaContext, DevicePtr } from './driver.js';
-
-/* eslint-disable @typescript-eslint/no-explicit-any */
-type Fn = (...args: any[]) => any;
 
 /** cudaDataType values. */
 export const CUDA_R_32F = 0;
@@ -38,27 +35,21 @@ function check(status: number, call: string): void {
 }
 
 export class Cublas {
-  private readonly f: Record<string, Fn> = {};
+  private readonly f: Record<string, NativeFn>;
   private readonly handle: bigint;
   /** Host scalars alpha = 1, beta = 0 (fp32, as the compute type requires). */
   private readonly one = new Float32Array([1]);
   private readonly zero = new Float32Array([0]);
 
-  constructor(private readonly ctx: CudaContext, workspace: DevicePtr, workspaceBytes: number) {
-    const lib = loadLibrary('cublas');
-    const decl = (sig: string): void => {
-      this.f[/(\w+)\s*\(/.exec(sig)![1]] = lib.func(sig);
-    };
-    decl('int cublasCreate_v2(_Out_ void **handle)');
-    decl('int cublasDestroy_v2(void *handle)');
-    decl('int cublasSetStream_v2(void *handle, void *stream)');
-    decl('int cublasSetWorkspace_v2(void *handle, uint64_t workspace, size_t bytes)');
-    decl(
+  constructor(ctx: CudaContext, workspace: DevicePtr, workspaceBytes: number) {
+    this.f = bindFunctions(loadLibrary('cublas'), [
+      'int cublasCreate_v2(_Out_ void **handle)',
+      'int cublasDestroy_v2(void *handle)',
+      'int cublasSetStream_v2(void *handle, void *stream)',
+      'int cublasSetWorkspace_v2(void *handle, uint64_t workspace, size_t bytes)',
       'int cublasGemmEx(void *handle, int transa, int transb, int m, int n, int k, const void *alpha, uint64_t A, int Atype, int lda, uint64_t B, int Btype, int ldb, const void *beta, uint64_t C, int Ctype, int ldc, int computeType, int algo)',
-    );
-    decl(
       'int cublasGemmStridedBatchedEx(void *handle, int transa, int transb, int m, int n, int k, const void *alpha, uint64_t A, int Atype, int lda, int64_t strideA, uint64_t B, int Btype, int ldb, int64_t strideB, const void *beta, uint64_t C, int Ctype, int ldc, int64_t strideC, int batchCount, int computeType, int algo)',
-    );
+    ]);
     const h: (bigint | null)[] = [null];
     check(this.f.cublasCreate_v2(h), 'cublasCreate');
     this.handle = h[0]!;

@@ -10,7 +10,7 @@
  */
 
 import type { AttentionSegment, Backend, DType, LightningSegment, SampleParams, Tensor } from '../backend.js';
-import type { StDType } from '../../weights/safetensors.js';
+import { DTYPE_BYTES, type StDType } from '../../weights/safetensors.js';
 import { decodeToFloat32, f32ToBf16 } from '../../util/dtype.js';
 import { InternalError, ShapeError, UnsupportedError } from '../../util/errors.js';
 import { CachingAllocator } from './allocator.js';
@@ -188,7 +188,7 @@ export class CudaBackend implements Backend, OpRuntime {
     if ((c.dtype === 'bf16' && src === 'BF16') || (c.dtype === 'f32' && src === 'F32') || (c.dtype === 'f16' && src === 'F16')) {
       host = bytes;
     } else if (c.dtype === 'f32' || c.dtype === 'bf16') {
-      const f = new Float32Array(bytes.byteLength / srcBytes(src));
+      const f = new Float32Array(bytes.byteLength / DTYPE_BYTES[src]);
       decodeToFloat32(bytes, src, f, 0);
       if (c.dtype === 'f32') host = new Uint8Array(f.buffer);
       else {
@@ -523,9 +523,6 @@ function normThreads(C: number): number {
   return C >= 4096 ? 1024 : C >= 1024 ? 512 : 256;
 }
 
-function srcBytes(src: StDType): number {
-  return src === 'F64' ? 8 : src === 'F32' ? 4 : 2;
-}
 
 /** Pinned staging buffer size for weight uploads. */
 const STAGING_BYTES = 64 << 20;

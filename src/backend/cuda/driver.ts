@@ -8,7 +8,7 @@
 
 import koffi from 'koffi';
 import { CudaError } from './errors.js';
-import { loadLibrary, type KoffiLib } from './libraries.js';
+import { bindFunctions, loadLibrary, type KoffiLib, type NativeFn } from './libraries.js';
 
 export type DevicePtr = bigint;
 type Handle = bigint;
@@ -27,71 +27,62 @@ const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const CU_STREAM_NON_BLOCKING = 1;
 const CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1;
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-type Fn = (...args: any[]) => any;
+type Fn = NativeFn;
 
 /** The driver functions, bound once per process. */
 class DriverApi {
-  readonly lib: KoffiLib;
-  readonly f: Record<string, Fn> = {};
+  readonly f: Record<string, Fn>;
   constructor() {
-    this.lib = loadLibrary('cuda');
-    const decl = (sig: string): void => {
-      const name = /(\w+)\s*\(/.exec(sig)![1];
-      this.f[name] = this.lib.func(sig);
-    };
-    const optional = (sig: string): void => {
-      try {
-        decl(sig);
-      } catch {
-        /* symbol absent in this driver version */
-      }
-    };
-    decl('int cuInit(unsigned int flags)');
-    decl('int cuDriverGetVersion(_Out_ int *version)');
-    decl('int cuGetErrorName(int error, _Out_ const char **str)');
-    decl('int cuGetErrorString(int error, _Out_ const char **str)');
-    decl('int cuDeviceGetCount(_Out_ int *count)');
-    decl('int cuDeviceGet(_Out_ int *device, int ordinal)');
-    decl('int cuDeviceGetName(_Out_ uint8_t *name, int len, int dev)');
-    decl('int cuDeviceGetAttribute(_Out_ int *value, int attrib, int dev)');
-    decl('int cuDeviceTotalMem_v2(_Out_ size_t *bytes, int dev)');
-    decl('int cuDevicePrimaryCtxRetain(_Out_ void **ctx, int dev)');
-    decl('int cuDevicePrimaryCtxRelease_v2(int dev)');
-    decl('int cuCtxSetCurrent(void *ctx)');
-    decl('int cuCtxSynchronize()');
-    decl('int cuMemGetInfo_v2(_Out_ size_t *free, _Out_ size_t *total)');
-    decl('int cuMemAlloc_v2(_Out_ uint64_t *dptr, size_t bytes)');
-    decl('int cuMemFree_v2(uint64_t dptr)');
-    decl('int cuMemAllocHost_v2(_Out_ void **pp, size_t bytes)');
-    decl('int cuMemFreeHost(void *p)');
-    decl('int cuMemcpyHtoDAsync_v2(uint64_t dst, void *src, size_t bytes, void *stream)');
-    decl('int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, void *stream)');
-    decl('int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void *stream)');
-    decl('int cuMemsetD8Async(uint64_t dst, uint8_t value, size_t count, void *stream)');
-    decl('int cuMemsetD32Async(uint64_t dst, uint32_t value, size_t count, void *stream)');
-    decl('int cuStreamCreate(_Out_ void **stream, unsigned int flags)');
-    decl('int cuStreamSynchronize(void *stream)');
-    decl('int cuStreamDestroy_v2(void *stream)');
-    decl('int cuEventCreate(_Out_ void **event, unsigned int flags)');
-    decl('int cuEventRecord(void *event, void *stream)');
-    decl('int cuEventSynchronize(void *event)');
-    decl('int cuEventDestroy_v2(void *event)');
-    optional('int cuEventElapsedTime_v2(_Out_ float *ms, void *start, void *end)');
-    optional('int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)');
-    decl('int cuModuleLoadData(_Out_ void **module, void *image)');
-    decl('int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)');
-    decl('int cuModuleUnload(void *module)');
-    decl('int cuFuncSetAttribute(void *fn, int attrib, int value)');
-    decl(
-      'int cuLaunchKernel(void *fn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem, void *stream, void *params, void *extra)',
+    this.f = bindFunctions(
+      loadLibrary('cuda'),
+      [
+        'int cuInit(unsigned int flags)',
+        'int cuDriverGetVersion(_Out_ int *version)',
+        'int cuGetErrorName(int error, _Out_ const char **str)',
+        'int cuGetErrorString(int error, _Out_ const char **str)',
+        'int cuDeviceGetCount(_Out_ int *count)',
+        'int cuDeviceGet(_Out_ int *device, int ordinal)',
+        'int cuDeviceGetName(_Out_ uint8_t *name, int len, int dev)',
+        'int cuDeviceGetAttribute(_Out_ int *value, int attrib, int dev)',
+        'int cuDeviceTotalMem_v2(_Out_ size_t *bytes, int dev)',
+        'int cuDevicePrimaryCtxRetain(_Out_ void **ctx, int dev)',
+        'int cuDevicePrimaryCtxRelease_v2(int dev)',
+        'int cuCtxSetCurrent(void *ctx)',
+        'int cuCtxSynchronize()',
+        'int cuMemGetInfo_v2(_Out_ size_t *free, _Out_ size_t *total)',
+        'int cuMemAlloc_v2(_Out_ uint64_t *dptr, size_t bytes)',
+        'int cuMemFree_v2(uint64_t dptr)',
+        'int cuMemAllocHost_v2(_Out_ void **pp, size_t bytes)',
+        'int cuMemFreeHost(void *p)',
+        'int cuMemcpyHtoDAsync_v2(uint64_t dst, void *src, size_t bytes, void *stream)',
+        'int cuMemcpyDtoHAsync_v2(void *dst, uint64_t src, size_t bytes, void *stream)',
+        'int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, void *stream)',
+        'int cuMemsetD8Async(uint64_t dst, uint8_t value, size_t count, void *stream)',
+        'int cuMemsetD32Async(uint64_t dst, uint32_t value, size_t count, void *stream)',
+        'int cuStreamCreate(_Out_ void **stream, unsigned int flags)',
+        'int cuStreamSynchronize(void *stream)',
+        'int cuStreamDestroy_v2(void *stream)',
+        'int cuEventCreate(_Out_ void **event, unsigned int flags)',
+        'int cuEventRecord(void *event, void *stream)',
+        'int cuEventSynchronize(void *event)',
+        'int cuEventDestroy_v2(void *event)',
+        'int cuModuleLoadData(_Out_ void **module, void *image)',
+        'int cuModuleGetFunction(_Out_ void **fn, void *module, const char *name)',
+        'int cuModuleUnload(void *module)',
+        'int cuFuncSetAttribute(void *fn, int attrib, int value)',
+        'int cuStreamBeginCapture_v2(void *stream, int mode)',
+        'int cuStreamEndCapture(void *stream, _Out_ void **graph)',
+        'int cuGraphInstantiateWithFlags(_Out_ void **exec, void *graph, uint64_t flags)',
+        'int cuGraphLaunch(void *exec, void *stream)',
+        'int cuGraphExecDestroy(void *exec)',
+        'int cuGraphDestroy(void *graph)',
+        'int cuLaunchKernel(void *fn, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem, void *stream, void *params, void *extra)',
+      ],
+      [
+        'int cuEventElapsedTime_v2(_Out_ float *ms, void *start, void *end)',
+        'int cuEventElapsedTime(_Out_ float *ms, void *start, void *end)',
+      ],
     );
-    decl('int cuStreamBeginCapture_v2(void *stream, int mode)');
-    decl('int cuStreamEndCapture(void *stream, _Out_ void **graph)');
-    decl('int cuGraphInstantiateWithFlags(_Out_ void **exec, void *graph, uint64_t flags)');
-    decl('int cuGraphLaunch(void *exec, void *stream)');
-    decl('int cuGraphExecDestroy(void *exec)');
-    decl('int cuGraphDestroy(void *graph)');
   }
 }
 
@@ -152,8 +143,7 @@ export class CudaContext {
   private capturing = false;
 
   private constructor(ordinal: number) {
-    const d = driver();
-    this.f = d.f;
+    this.f = driver().f;
     check(this.f.cuInit(0), 'cuInit');
     const count = [0];
     check(this.f.cuDeviceGetCount(count), 'cuDeviceGetCount');

@@ -100,3 +100,24 @@ export function loadLibrary(kind: keyof typeof LIBRARIES): KoffiLib {
     hint: kind === 'cuda' ? 'use --device cpu' : 'install the CUDA 12/13 toolkit or set CUDA_HOME / LD_LIBRARY_PATH',
   });
 }
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+export type NativeFn = (...args: any[]) => any;
+
+/**
+ * Binds C functions by their declarations ("int cuInit(unsigned int flags)"), keyed by name. Declarations in
+ * `optional` may be absent from this library version.
+ */
+export function bindFunctions(lib: KoffiLib, required: readonly string[], optional: readonly string[] = []): Record<string, NativeFn> {
+  const out: Record<string, NativeFn> = {};
+  const name = (sig: string): string => /(\w+)\s*\(/.exec(sig)![1];
+  for (const sig of required) out[name(sig)] = lib.func(sig);
+  for (const sig of optional) {
+    try {
+      out[name(sig)] = lib.func(sig);
+    } catch {
+      /* symbol absent in this version */
+    }
+  }
+  return out;
+}

@@ -12,28 +12,23 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CudaError, NvrtcCompileError } from './errors.js';
-import { loadLibrary } from './libraries.js';
-
-/* eslint-disable @typescript-eslint/no-explicit-any */
-type Fn = (...args: any[]) => any;
+import { bindFunctions, loadLibrary, type NativeFn } from './libraries.js';
 
 class NvrtcApi {
-  readonly f: Record<string, Fn> = {};
+  readonly f: Record<string, NativeFn>;
   readonly version: string;
   constructor() {
-    const lib = loadLibrary('nvrtc');
-    const decl = (sig: string): void => {
-      this.f[/(\w+)\s*\(/.exec(sig)![1]] = lib.func(sig);
-    };
-    decl('int nvrtcVersion(_Out_ int *major, _Out_ int *minor)');
-    decl('const char *nvrtcGetErrorString(int result)');
-    decl('int nvrtcCreateProgram(_Out_ void **prog, const char *src, const char *name, int numHeaders, const char **headers, const char **includeNames)');
-    decl('int nvrtcCompileProgram(void *prog, int numOptions, const char **options)');
-    decl('int nvrtcGetProgramLogSize(void *prog, _Out_ size_t *size)');
-    decl('int nvrtcGetProgramLog(void *prog, _Out_ uint8_t *log)');
-    decl('int nvrtcGetCUBINSize(void *prog, _Out_ size_t *size)');
-    decl('int nvrtcGetCUBIN(void *prog, _Out_ uint8_t *cubin)');
-    decl('int nvrtcDestroyProgram(_Inout_ void **prog)');
+    this.f = bindFunctions(loadLibrary('nvrtc'), [
+      'int nvrtcVersion(_Out_ int *major, _Out_ int *minor)',
+      'const char *nvrtcGetErrorString(int result)',
+      'int nvrtcCreateProgram(_Out_ void **prog, const char *src, const char *name, int numHeaders, const char **headers, const char **includeNames)',
+      'int nvrtcCompileProgram(void *prog, int numOptions, const char **options)',
+      'int nvrtcGetProgramLogSize(void *prog, _Out_ size_t *size)',
+      'int nvrtcGetProgramLog(void *prog, _Out_ uint8_t *log)',
+      'int nvrtcGetCUBINSize(void *prog, _Out_ size_t *size)',
+      'int nvrtcGetCUBIN(void *prog, _Out_ uint8_t *cubin)',
+      'int nvrtcDestroyProgram(_Inout_ void **prog)',
+    ]);
     const major = [0], minor = [0];
     this.check(this.f.nvrtcVersion(major, minor), 'nvrtcVersion');
     this.version = `${major[0]}.${minor[0]}`;
