@@ -7,14 +7,18 @@
  *   const { text } = await model.chat([{ role: 'user', content: 'Hello!' }], { maxTokens: 64 });
  */
 
-export { loadModel, Model } from './engine/model.js';
-export type { Device, LoadModelOptions, LoadProgressEvent, GenerationDefaults, Prompt, ChatOptions } from './engine/model.js';
+export { loadModel, loadModelInfo, Model } from './engine/model.js';
+export type { ModelInfo, Device, LoadModelOptions, LoadProgressEvent, GenerationDefaults, Prompt, ChatOptions } from './engine/model.js';
 export { Session } from './engine/session.js';
 export type { AppendOptions, LogitRows } from './engine/session.js';
 export type { GenerateOptions, GenerationResult, StreamEvent, TokenEvent, DoneEvent, FinishReason } from './engine/generate.js';
 export { Sampler, Rng } from './engine/sampling.js';
 export type { SamplingParams } from './engine/sampling.js';
-export type { TraceHook } from './model/minimax01.js';
+export type { TraceHook, CacheOptions } from './model/minimax01.js';
+export { Scheduler } from './engine/scheduler.js';
+export type { EngineRequest, SampledToken, SequenceListener, SequenceHandle, SchedulerOptions, SchedulerStats, EngineFinishReason } from './engine/scheduler.js';
+export type { LogitProcessing, TokenLogprob } from './engine/logits.js';
+export { KV_BLOCK_SIZE } from './backend/backend.js';
 
 export { parseModelConfig, loadModelConfig } from './config/config.js';
 export type { ModelConfig, LayerKind, ConfigLayout } from './config/config.js';
@@ -37,6 +41,7 @@ export {
   UnsupportedError,
   InvalidArgumentError,
   AbortError,
+  CapacityError,
   DisposedError,
   InternalError,
 } from './util/errors.js';

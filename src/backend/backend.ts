@@ -30,15 +30,29 @@ export interface LightningSegment {
   readonly state: Tensor;
 }
 
-/** The rows [start, start + length) of one sequence, attending to its KV cache. */
+/**
+ * Rows per block of the paged KV cache. A multiple of the CUDA kernels' 64-row key tiles, so a tile never straddles
+ * two blocks.
+ */
+export const KV_BLOCK_SIZE = 64;
+
+/**
+ * The rows [start, start + length) of one sequence, attending to its KV cache.
+ *
+ * The cache is paged: one layer's keys and values live in pools shared by every sequence, [blocks · KV_BLOCK_SIZE,
+ * Hkv, Dh], and a sequence owns a list of blocks. Its cache row r (position r) is pool row
+ * blockTable[⌊r / KV_BLOCK_SIZE⌋] · KV_BLOCK_SIZE + r mod KV_BLOCK_SIZE.
+ */
 export interface AttentionSegment {
   readonly start: number;
   readonly length: number;
   /** Tokens already in the cache before this segment; row i of the segment sits at position past + i. */
   readonly past: number;
-  /** [capacity, Hkv, Dh] keys (post-RoPE) and values; rows [0, past + length) are valid when the op runs. */
+  /** The layer's key (post-RoPE) and value pools, [blocks · KV_BLOCK_SIZE, Hkv, Dh]. */
   readonly k: Tensor;
   readonly v: Tensor;
+  /** i32 [≥ ⌈(past + length) / KV_BLOCK_SIZE⌉]: the sequence's blocks in order; rows [0, past + length) are mapped. */
+  readonly blockTable: Tensor;
 }
 
 /** Per-row parameters of device-side sampling. */
@@ -79,6 +93,10 @@ export interface Backend {
    * Used to stream weights in bounded chunks (a shard is never read whole).
    */
   writeBytes(t: Tensor, offset: number, bytes: Uint8Array, src: StDType): void;
+  /** Writes host integers into an i32 tensor at element `offset` (block tables), ordered with the enqueued work. */
+  writeInt32(t: Tensor, offset: number, values: Int32Array): void;
+  /** Sets every element of `t` to zero. */
+  fillZero(t: Tensor): void;
   /** Copies `src` into `dst` (same element count). */
   copy(dst: Tensor, src: Tensor): void;
   /** The contents as f32 on the host (for i32 tensors: the integer values). */
@@ -124,13 +142,13 @@ export interface Backend {
   lightningAttention(out: Tensor, qkv: Tensor, slopes: Tensor, segments: readonly LightningSegment[], blockSize: number): void;
 
   /**
-   * Writes k[T, Hkv, Dh] / v rows of each segment into its cache at rows [past, past + length).
+   * Writes k[T, Hkv, Dh] / v rows of each segment into its paged cache at cache rows [past, past + length).
    */
   kvAppend(k: Tensor, v: Tensor, segments: readonly AttentionSegment[]): void;
 
   /**
    * Causal softmax GQA attention over each segment's cache: out[T, H, Dh] from q[T, H, Dh]; query head h reads kv
-   * head ⌊h / (H/Hkv)⌋; row i of a segment attends to cache rows [0, past + i]. Scores scaled by `scale`, softmax
+   * head ⌊h / (H/Hkv)⌋; row i of a segment attends to cache rows [0, past + i] (through its block table). Scores scaled by `scale`, softmax
    * in fp32 (or wider).
    */
   attention(out: Tensor, q: Tensor, segments: readonly AttentionSegment[], scale: number): void;

@@ -15,7 +15,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { createBackend, type Device } from '../backends.js';
 import { loadModelConfig, readJsonFile, type ModelConfig } from '../config/config.js';
-import { MiniMax01 } from '../model/minimax01.js';
+import { MiniMax01, type CacheOptions } from '../model/minimax01.js';
 import { lightningSlopes } from '../model/slopes.js';
 import { loadWeights } from '../model/weights.js';
 import { Tokenizer, type ChatMessage, type ChatTemplateOptions } from '../tokenizer/index.js';
@@ -23,6 +23,7 @@ import { Checkpoint } from '../weights/checkpoint.js';
 import { ConfigError, DisposedError, InvalidArgumentError, TokenizerError } from '../util/errors.js';
 import { generateAll, generateStream, type GenerateOptions, type GenerationContext, type GenerationResult, type StreamEvent } from './generate.js';
 import { Session } from './session.js';
+import { Scheduler, type SchedulerOptions } from './scheduler.js';
 
 export type { Device } from '../backends.js';
 
@@ -46,6 +47,12 @@ export interface LoadModelOptions {
    * reproduces what a bf16 device sees) or 'f32' (the CPU default; not available on CUDA).
    */
   readonly weightDType?: 'bf16' | 'f32';
+  /**
+   * Sizes of the cache pool: `maxSequences` lightning state slots (default 256, allocated on first use) and the
+   * paged KV cache in blocks of 64 tokens (`initialKvBlocks` allocated now, default 0; growth up to `maxKvBlocks`,
+   * default enough for one sequence of the full context). A server sizes them once: initial = max.
+   */
+  readonly cache?: CacheOptions;
 }
 
 /** Defaults read from generation_config.json; explicit options win over them. */
@@ -103,6 +110,21 @@ export class Model {
   createSession(): Session {
     this.ensureLive();
     return new Session(this.net);
+  }
+
+  /**
+   * A continuous-batching scheduler over this model's cache pool (see Scheduler): submit many requests, call
+   * `run()` (or `step()`), and each sequence's tokens arrive through its listener.
+   */
+  createScheduler(options: SchedulerOptions = {}): Scheduler {
+    this.ensureLive();
+    return new Scheduler(this.net, options);
+  }
+
+  /** Lightning state slots and KV blocks in use, and the KV capacity. */
+  get cacheUsage(): { slotsUsed: number; maxSequences: number; kvBlocksUsed: number; kvBlocksAllocated: number; maxKvBlocks: number } {
+    const c = this.net.cache;
+    return { slotsUsed: c.slotsUsed, maxSequences: c.maxSequences, kvBlocksUsed: c.kvBlocksUsed, kvBlocksAllocated: c.kvBlocksAllocated, maxKvBlocks: c.options.maxKvBlocks };
   }
 
   /** Logits at every position of `ids` from an empty cache: rows[t] has V entries. */
@@ -213,20 +235,21 @@ export class Model {
   }
 }
 
-/** Loads a checkpoint directory: config.json, tokenizer files (optional), safetensors weights (single or sharded). */
-export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
-  const started = performance.now();
+/** What a checkpoint directory says about the model, without its weights: enough to tokenize and render chats. */
+export interface ModelInfo {
+  readonly dir: string;
+  readonly config: ModelConfig;
+  readonly tokenizer: Tokenizer | undefined;
+  readonly eosTokenIds: readonly number[];
+  readonly generationDefaults: GenerationDefaults;
+}
+
+/** Reads config.json, the tokenizer files (optional) and generation_config.json of a checkpoint directory. */
+export async function loadModelInfo(dir: string): Promise<ModelInfo> {
   const abs = path.resolve(dir);
   const stat = await fs.stat(abs).catch(() => undefined);
   if (!stat?.isDirectory()) throw new ConfigError(`model directory not found: ${dir}`, { file: dir });
   const config = await loadModelConfig(abs);
-  const choice = await createBackend(options.device ?? 'auto', {
-    weightDType: options.weightDType,
-    onCompile: options.onProgress && ((e) => options.onProgress!({ status: 'compile', ...e })),
-  });
-  const backend = choice.backend;
-  options.onProgress?.({ status: 'device', device: backend.name, name: choice.deviceName, fallbackReason: choice.fallbackReason });
-
   let tokenizer: Tokenizer | undefined;
   if (await exists(path.join(abs, 'tokenizer.json'))) {
     tokenizer = await Tokenizer.fromDir(abs);
@@ -238,7 +261,20 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     }
   }
   const genConfig = await readGenerationConfig(abs);
-  const eosTokenIds = resolveEos(genConfig.eos, config, tokenizer);
+  return { dir: abs, config, tokenizer, eosTokenIds: resolveEos(genConfig.eos, config, tokenizer), generationDefaults: genConfig.defaults };
+}
+
+/** Loads a checkpoint directory: config.json, tokenizer files (optional), safetensors weights (single or sharded). */
+export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
+  const started = performance.now();
+  const info = await loadModelInfo(dir);
+  const { config, dir: abs } = info;
+  const choice = await createBackend(options.device ?? 'auto', {
+    weightDType: options.weightDType,
+    onCompile: options.onProgress && ((e) => options.onProgress!({ status: 'compile', ...e })),
+  });
+  const backend = choice.backend;
+  options.onProgress?.({ status: 'device', device: backend.name, name: choice.deviceName, fallbackReason: choice.fallbackReason });
 
   const ckpt = await Checkpoint.open(abs);
   try {
@@ -248,10 +284,10 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       signal: options.signal,
       onProgress: options.onProgress && ((p) => options.onProgress!({ status: 'weights', ...p })),
     });
-    const net = new MiniMax01(config, backend, weights, choice.activationDType);
+    const net = new MiniMax01(config, backend, weights, choice.activationDType, options.cache);
     const totalBytes = [...ckpt.tensors.values()].reduce((a, t) => a + t.byteLength, 0);
     options.onProgress?.({ status: 'ready', totalBytes, seconds: (performance.now() - started) / 1000 });
-    return new Model(abs, config, tokenizer, net, eosTokenIds, genConfig.defaults);
+    return new Model(abs, config, info.tokenizer, net, info.eosTokenIds, info.generationDefaults);
   } finally {
     await ckpt.close();
   }

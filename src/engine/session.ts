@@ -6,7 +6,7 @@
 
 import type { SampleParams } from '../backend/backend.js';
 import type { MiniMax01, TraceHook } from '../model/minimax01.js';
-import type { SequenceState } from '../model/state.js';
+import type { SequenceState } from '../model/cache.js';
 import { DisposedError } from '../util/errors.js';
 
 export interface AppendOptions {

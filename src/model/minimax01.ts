@@ -17,7 +17,7 @@ import type { AttentionSegment, Backend, DType, LightningSegment, SampleParams, 
 import type { ModelConfig } from '../config/config.js';
 import { InternalError, InvalidArgumentError } from '../util/errors.js';
 import { freeWeights, type LayerWeights, type ModelWeights } from './weights.js';
-import { SequenceState } from './state.js';
+import { CachePool, kvBlocksFor, type CachePoolOptions, type SequenceState } from './cache.js';
 
 /**
  * Called with each named intermediate (layer −1 for model-level ones); `read()` copies it to the host as f32
@@ -29,10 +29,12 @@ export interface ForwardItem {
   readonly state: SequenceState;
   /** Token ids to append to this sequence (at least one). */
   readonly tokens: ArrayLike<number>;
+  /** In 'last' mode, whether this item gets a logits row (default true): a partial prefill chunk needs none. */
+  readonly logits?: boolean;
 }
 
 export interface ForwardOptions {
-  /** Which rows get logits: every token, the last token of each item, or none. Default 'last'. */
+  /** Which rows get logits: every token, the last token of each item (that wants one), or none. Default 'last'. */
   readonly logits?: 'all' | 'last' | 'none';
   readonly trace?: TraceHook;
 }
@@ -66,8 +68,13 @@ class Workspace {
   }
 }
 
+/** Sizes of the cache pool; the defaults suit the library (a few sessions, KV grown on demand). */
+export type CacheOptions = Partial<Omit<CachePoolOptions, 'kvDType'>>;
+
 export class MiniMax01 {
   private readonly ws: Workspace;
+  /** Lightning state slots and the paged KV cache shared by every sequence of this model. */
+  readonly cache: CachePool;
 
   constructor(
     readonly config: ModelConfig,
@@ -75,13 +82,21 @@ export class MiniMax01 {
     readonly weights: ModelWeights,
     /** Activation dtype of the backend's scratch buffers. */
     private readonly actDType: DType = 'f32',
+    cache: CacheOptions = {},
   ) {
     this.ws = new Workspace(backend);
+    const maxKvBlocks = cache.maxKvBlocks ?? kvBlocksFor(config.maxPositionEmbeddings);
+    this.cache = new CachePool(backend, config, {
+      maxSequences: cache.maxSequences ?? 256,
+      initialKvBlocks: Math.min(cache.initialKvBlocks ?? 0, maxKvBlocks),
+      maxKvBlocks,
+      kvDType: actDType === 'f32' ? 'f32' : 'bf16',
+    });
   }
 
-  /** Fresh caches for one sequence (zero lightning states, empty KV). */
+  /** Fresh caches for one sequence (zero lightning states, empty KV); a CapacityError when every slot is taken. */
   newSequence(): SequenceState {
-    return new SequenceState(this.backend, this.config, this.actDType === 'f32' ? 'f32' : 'bf16');
+    return this.cache.acquire();
   }
 
   /** Runs a forward pass and returns the requested logits on the host. */
@@ -98,7 +113,9 @@ export class MiniMax01 {
   forwardSample(items: readonly ForwardItem[], params: readonly SampleParams[], options: Omit<ForwardOptions, 'logits'> = {}): Int32Array {
     const b = this.backend;
     if (!b.sampleTokens || !b.toInt32) throw new InternalError(`the ${b.name} backend cannot sample on the device`);
-    const ids = this.ws.get('sampled', [items.length], 'i32');
+    const rows = items.filter((it) => it.logits !== false).length;
+    if (params.length !== rows) throw new InternalError(`forwardSample: ${params.length} sampling parameter sets for ${rows} rows`);
+    const ids = this.ws.get('sampled', [rows], 'i32');
     this.run(items, { ...options, logits: 'last' }, (logits) => b.sampleTokens!(ids, logits, params));
     return b.toInt32(ids);
   }
@@ -127,7 +144,8 @@ export class MiniMax01 {
       return result;
     }
     for (const it of items) it.state.reserve(it.state.position + 1);
-    b.runGraph!(`step:${items.length}:${mode}:${after ? 'sample' : 'logits'}`, body);
+    const rows = items.filter((it) => it.logits !== false).length;
+    b.runGraph!(`step:${items.length}:${rows}:${mode}:${after ? 'sample' : 'logits'}`, body);
     return result;
   }
 
@@ -213,8 +231,9 @@ export class MiniMax01 {
     let rowsT = x;
     let R = T;
     if (mode === 'last') {
-      R = items.length;
-      const last = Int32Array.from(soft, (s) => s.start + s.length - 1);
+      const last = Int32Array.from(soft.filter((_, i) => items[i].logits !== false), (s) => s.start + s.length - 1);
+      R = last.length;
+      if (R === 0) return { logits: undefined, rows: 0 };
       rowsT = ws.get('rows', [R, D], 'f32');
       b.gatherRows(rowsT, x, b.scratchUpload([R], 'i32', last));
     }
@@ -279,6 +298,7 @@ export class MiniMax01 {
   /** Frees the weights, the scratch buffers and the backend's own resources. */
   dispose(): void {
     this.ws.dispose();
+    this.cache.dispose();
     freeWeights(this.backend, this.weights);
     this.backend.dispose?.();
   }

@@ -94,6 +94,13 @@ export class InvalidArgumentError extends LightningMoeError {
   }
 }
 
+/** A cache pool (lightning state slots, KV blocks) or device memory has no room for what was asked. */
+export class CapacityError extends LightningMoeError {
+  constructor(message: string, options: ErrorOptions = {}) {
+    super('OUT_OF_MEMORY', message, options);
+  }
+}
+
 /** The operation was cancelled through an AbortSignal. */
 export class AbortError extends LightningMoeError {
   constructor(message = 'the operation was aborted', options: ErrorOptions = {}) {

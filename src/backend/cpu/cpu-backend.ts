@@ -5,7 +5,7 @@
  * accumulation; no op allocates per element (scratch buffers are reused across calls).
  */
 
-import type { AttentionSegment, Backend, DType, LightningSegment, Tensor } from '../backend.js';
+import { KV_BLOCK_SIZE, type AttentionSegment, type Backend, type DType, type LightningSegment, type Tensor } from '../backend.js';
 import type { StDType } from '../../weights/safetensors.js';
 import { decodeToFloat32, roundBf16 } from '../../util/dtype.js';
 import { ShapeError, UnsupportedError } from '../../util/errors.js';
@@ -85,6 +85,17 @@ export class CpuBackend implements Backend {
     const n = decodeToFloat32(bytes, src, dst, offset);
     // A bf16 tensor on the CPU holds bf16-representable values (bf16 weight storage, computed in fp32).
     if (c.dtype === 'bf16') for (let i = offset; i < offset + n; i++) dst[i] = roundBf16(dst[i]);
+  }
+
+  writeInt32(t: Tensor, offset: number, values: Int32Array): void {
+    const dst = i32(t, 'writeInt32');
+    if (offset < 0 || offset + values.length > dst.length) throw new ShapeError(`writeInt32: ${values.length} values at +${offset} into ${dst.length}`);
+    dst.set(values, offset);
+  }
+
+  fillZero(t: Tensor): void {
+    const c = asCpu(t, 'fillZero');
+    c.storage.fill(0, c.offset, c.offset + c.size);
   }
 
   copy(dst: Tensor, src: Tensor): void {
@@ -224,11 +235,12 @@ export class CpuBackend implements Backend {
     const row = Hkv * Dh;
     for (const seg of segments) {
       const kc = f32(seg.k, 'k cache'), vc = f32(seg.v, 'v cache');
-      if ((seg.past + seg.length) * row > kc.length) {
-        throw new ShapeError(`kvAppend: cache of ${kc.length / row} rows cannot hold ${seg.past + seg.length}`);
+      const rows = pagedRows(seg, kc.length / row);
+      for (let i = 0; i < seg.length; i++) {
+        const src = (seg.start + i) * row, dst = rows[seg.past + i] * row;
+        kc.set(ks.subarray(src, src + row), dst);
+        vc.set(vs.subarray(src, src + row), dst);
       }
-      kc.set(ks.subarray(seg.start * row, (seg.start + seg.length) * row), seg.past * row);
-      vc.set(vs.subarray(seg.start * row, (seg.start + seg.length) * row), seg.past * row);
     }
   }
 
@@ -238,7 +250,19 @@ export class CpuBackend implements Backend {
     const o = f32(out, 'attention out', [T, H, Dh]);
     for (const seg of segments) {
       const Hkv = seg.k.shape[1];
-      attentionSegment(o, qs, f32(seg.k, 'k cache'), f32(seg.v, 'v cache'), seg.start, seg.length, seg.past, H, Hkv, Dh, scale, this.scratch);
+      const row = Hkv * Dh;
+      const kc = f32(seg.k, 'k cache'), vc = f32(seg.v, 'v cache');
+      // Gather the sequence's rows out of the pools into contiguous scratch (O(n·Hkv·Dh), small next to the
+      // O(n·H·Dh) attention itself), then run the contiguous kernel.
+      const rows = pagedRows(seg, kc.length / row);
+      const n = seg.past + seg.length;
+      const kg = this.scratch.f32('attn.k', n * row), vg = this.scratch.f32('attn.v', n * row);
+      for (let r = 0; r < n; r++) {
+        const src = rows[r] * row;
+        kg.set(kc.subarray(src, src + row), r * row);
+        vg.set(vc.subarray(src, src + row), r * row);
+      }
+      attentionSegment(o, qs, kg, vg, seg.start, seg.length, seg.past, H, Hkv, Dh, scale, this.scratch);
     }
   }
 
@@ -265,4 +289,20 @@ export class CpuBackend implements Backend {
     if (this.lightningScratchCache?.key !== key) this.lightningScratchCache = { key, s: lightningScratch(Dh, B) };
     return this.lightningScratchCache.s;
   }
+}
+
+/** Pool row of each cache row [0, past + length) of a paged segment (see AttentionSegment). */
+function pagedRows(seg: AttentionSegment, poolRows: number): Int32Array {
+  const n = seg.past + seg.length;
+  const table = i32(seg.blockTable, 'block table');
+  const blocks = Math.ceil(n / KV_BLOCK_SIZE);
+  if (table.length < blocks) throw new ShapeError(`attention: a block table of ${table.length} blocks cannot map ${n} cache rows`);
+  const rows = new Int32Array(n);
+  for (let r = 0; r < n; r++) {
+    const block = table[Math.floor(r / KV_BLOCK_SIZE)];
+    const p = block * KV_BLOCK_SIZE + (r % KV_BLOCK_SIZE);
+    if (!(block >= 0 && p < poolRows)) throw new ShapeError(`attention: block ${block} is outside a KV pool of ${poolRows / KV_BLOCK_SIZE} blocks`);
+    rows[r] = p;
+  }
+  return rows;
 }

@@ -200,17 +200,33 @@ export class CudaBackend implements Backend, OpRuntime {
       throw new UnsupportedError(`writeBytes: ${src} into a ${c.dtype} tensor`);
     }
     if (offset * elemBytes + host.byteLength > c.bytes) throw new ShapeError('writeBytes past the end of the tensor');
-    // Double-buffered pinned staging: copy into one buffer while the other is in flight.
+    this.stage(c.ptr + BigInt(offset * elemBytes), host);
+  }
+
+  /** Host bytes → device through the double-buffered pinned staging: fill one buffer while the other is in flight. */
+  private stage(dst: DevicePtr, host: Uint8Array): void {
     for (let done = 0; done < host.byteLength; ) {
       const n = Math.min(STAGING_BYTES, host.byteLength - done);
       const s = this.staging[this.stagingNext];
       this.stagingNext ^= 1;
       this.ctx.synchronizeEvent(s.event);
       new Uint8Array(s.buffer, 0, n).set(host.subarray(done, done + n));
-      this.ctx.copyHtoD(c.ptr + BigInt(offset * elemBytes + done), s.ptr, n);
+      this.ctx.copyHtoD(dst + BigInt(done), s.ptr, n);
       this.ctx.record(s.event);
       done += n;
     }
+  }
+
+  writeInt32(t: Tensor, offset: number, values: Int32Array): void {
+    const c = asCuda(t, 'writeInt32');
+    if (c.dtype !== 'i32') throw new ShapeError(`writeInt32 into a ${c.dtype} tensor`);
+    if (offset < 0 || (offset + values.length) * 4 > c.bytes) throw new ShapeError('writeInt32 past the end of the tensor');
+    this.stage(c.ptr + BigInt(offset * 4), new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  }
+
+  fillZero(t: Tensor): void {
+    const c = asCuda(t, 'fillZero');
+    if (!this.replaying) this.ctx.memsetD8(c.ptr, 0, c.bytes);
   }
 
   copy(dst: Tensor, src: Tensor): void {
