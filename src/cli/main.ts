@@ -10,8 +10,9 @@ import * as generate from './commands/generate.js';
 import * as chat from './commands/chat.js';
 import * as inspect from './commands/inspect.js';
 import * as logits from './commands/logits.js';
+import * as serve from './commands/serve.js';
 
-const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = { generate, chat, inspect, logits };
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = { generate, chat, inspect, logits, serve };
 
 const HELP = `lmoe — run MiniMax-01 (MiniMax-Text-01, MiniMax-M1) checkpoints from Node.
 
@@ -22,6 +23,7 @@ Commands:
   chat       interactive chat through the checkpoint's chat template
   inspect    architecture, parameter count and memory estimate of a checkpoint or config.json
   logits     print {"logits": number[][]} for a list of token ids
+  serve      OpenAI-compatible HTTP server with continuous batching
 
 Run "lmoe <command> --help" for a command's options.`;
 

@@ -189,9 +189,10 @@ export class Scheduler {
 
   /**
    * Runs steps until `signal` aborts (or stop() is called), sleeping while there is no work. Yields to the event
-   * loop between steps so I/O (new requests, aborts, streaming) is served.
+   * loop between steps so I/O (new requests, aborts, streaming) is served; `afterStep` runs after each step.
    */
-  async run(signal?: AbortSignal): Promise<void> {
+  async run(options: { signal?: AbortSignal; afterStep?: () => void } = {}): Promise<void> {
+    const { signal, afterStep } = options;
     const onAbort = (): void => this.wake?.();
     signal?.addEventListener('abort', onAbort);
     try {
@@ -202,6 +203,7 @@ export class Scheduler {
           continue;
         }
         this.step();
+        afterStep?.();
         await yieldToEventLoop();
       }
     } finally {
