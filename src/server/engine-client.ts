@@ -17,10 +17,20 @@ export interface EngineInfo {
   readonly kvTokens: number;
 }
 
+/** What the HTTP layer needs from an engine (EngineClient; tests substitute scripted engines). */
+export interface Engine {
+  readonly info: EngineInfo;
+  readonly stats: SchedulerStats;
+  readonly msSinceProgress: number;
+  readonly alive: boolean;
+  submit(request: EngineRequest, listener: SequenceListener): { abort(): void };
+  shutdown(timeoutMs?: number): Promise<void>;
+}
+
 /** An engine-side failure of one sequence, with the worker's error code. */
 export class EngineError extends LightningMoeError {}
 
-export class EngineClient {
+export class EngineClient implements Engine {
   private readonly listeners = new Map<number, SequenceListener>();
   private nextId = 1;
   private latest: SchedulerStats = { running: 0, waiting: 0, preemptions: 0, steps: 0, slotsUsed: 0, kvUsage: 0 };

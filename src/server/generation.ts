@@ -8,7 +8,7 @@
 import type { EngineRequest, SampledToken } from '../engine/scheduler.js';
 import { StopStringMatcher } from '../engine/stop.js';
 import type { Tokenizer } from '../tokenizer/index.js';
-import type { EngineClient } from './engine-client.js';
+import type { Engine } from './engine-client.js';
 import { ToolCallStreamFilter, type ToolCall } from './tool-calls.js';
 
 export type ChoiceFinishReason = 'stop' | 'length' | 'tool_calls';
@@ -103,7 +103,7 @@ class Choice {
  * Submits the request's sequences. Returns an abort function (client gone, shutdown) that stops them all and frees
  * their caches; after it, no more events fire.
  */
-export function startRun(engine: EngineClient, tokenizer: Tokenizer, spec: RunSpec, events: RunEvents): () => void {
+export function startRun(engine: Engine, tokenizer: Tokenizer, spec: RunSpec, events: RunEvents): () => void {
   let failed = false;
   let scheduled = false;
   const choices: Choice[] = [];

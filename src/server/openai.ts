@@ -26,11 +26,11 @@ import {
   type ServerLimits,
 } from './protocol.js';
 import { SseWriter, StreamClosedError } from './sse.js';
-import type { EngineClient } from './engine-client.js';
+import type { Engine } from './engine-client.js';
 import type { ServerMetrics } from './metrics.js';
 
 export interface CompletionContext {
-  readonly engine: EngineClient;
+  readonly engine: Engine;
   readonly tokenizer: Tokenizer;
   readonly eosTokenIds: readonly number[];
   readonly modelName: string;

@@ -17,7 +17,8 @@ import { loadModelInfo, type LoadProgressEvent, type ModelInfo } from '../engine
 import { kvBlocksFor } from '../model/cache.js';
 import { ConfigError, TokenizerError } from '../util/errors.js';
 import { ApiKeys } from './auth.js';
-import { EngineClient } from './engine-client.js';
+import { EngineClient, type Engine } from './engine-client.js';
+import type { EngineWorkerConfig } from './engine-protocol.js';
 import { HttpError, modelNotFound, notFound, payloadTooLarge, rateLimited, toHttpError, unauthorized, unavailable } from './errors.js';
 import { createServerMetrics, Metrics, METRICS_CONTENT_TYPE, type ServerMetrics } from './metrics.js';
 import { preparePrompt, runCompletion, sendError, sendJson, type CompletionContext } from './openai.js';
@@ -64,6 +65,8 @@ export interface ServerOptions {
   /** Request log lines (no prompt or completion text, A4); default none. */
   readonly log?: (line: string) => void;
   readonly onProgress?: (e: LoadProgressEvent) => void;
+  /** @internal Replaces the engine worker (tests drive the HTTP layer with scripted engines). */
+  readonly engineFactory?: (config: EngineWorkerConfig) => Promise<Engine>;
 }
 
 export type ServerState = 'loading' | 'ready' | 'draining' | 'stopped' | 'failed';
@@ -105,7 +108,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const log = options.log;
 
   let state: ServerState = 'loading';
-  let engine: EngineClient | undefined;
+  let engine: Engine | undefined;
   /** Sequences admitted and not finished (running + waiting in the engine), reserved before any parsing work. */
   let inFlight = 0;
   let queuedTokens = 0;
@@ -238,15 +241,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   });
   const port = (server.address() as AddressInfo).port;
 
-  const ready = EngineClient.start(
-    {
-      dir: info.dir,
-      device: options.device ?? 'auto',
-      cache: { maxSequences: maxNumSeqs, initialKvBlocks: kvBlocks, maxKvBlocks: kvBlocks },
-      maxBatchTokens: options.maxBatchTokens ?? 512,
-      maxModelLen,
-    },
-    { onProgress: options.onProgress, onFatal: (msg) => log?.(`engine failure: ${msg}`) },
+  const workerConfig: EngineWorkerConfig = {
+    dir: info.dir,
+    device: options.device ?? 'auto',
+    cache: { maxSequences: maxNumSeqs, initialKvBlocks: kvBlocks, maxKvBlocks: kvBlocks },
+    maxBatchTokens: options.maxBatchTokens ?? 512,
+    maxModelLen,
+  };
+  const ready = (
+    options.engineFactory
+      ? options.engineFactory(workerConfig)
+      : EngineClient.start(workerConfig, { onProgress: options.onProgress, onFatal: (msg) => log?.(`engine failure: ${msg}`) })
   ).then(
     (e) => {
       engine = e;
