@@ -50,6 +50,8 @@ export const DEFAULT_LIMITS: ServerLimits = Object.freeze({
 export const LEGACY_MAX_LOGPROBS = 5;
 /** Default `max_tokens` of legacy completions when omitted (OpenAI spec; §4). `parseCompletionRequest` leaves it undefined. */
 export const COMPLETION_DEFAULT_MAX_TOKENS = 16;
+/** `n` never exceeds this, whatever `limits.maxN` says (V12; vLLM CVE-2026-34756). */
+export const MAX_N_HARD_CAP = 128;
 /** Bounds for lists that have no limit of their own in ServerLimits (V12). */
 export const MAX_MESSAGES = 10_000;
 export const MAX_TOOLS = 128;
@@ -314,7 +316,8 @@ function parseSampling(o: Obj, ctx: ParseContext, endpoint: 'chat' | 'completion
   const seed = seedRaw as number | undefined;
 
   const n = int(o, 'n') ?? 1;
-  if (n < 1 || n > limits.maxN) fail(`n must be in [1, ${limits.maxN}], got ${n}`, 'n');
+  const maxN = Math.min(limits.maxN, MAX_N_HARD_CAP);
+  if (n < 1 || n > maxN) fail(`n must be in [1, ${maxN}], got ${n}`, 'n');
 
   const maxTokensField = int(o, 'max_tokens');
   const maxCompletionTokens = endpoint === 'chat' ? int(o, 'max_completion_tokens') : undefined;

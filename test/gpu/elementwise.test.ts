@@ -1,12 +1,13 @@
 /**
  * GPU vs CPU for the small ops and the linear layers (kernels/elementwise.cu, cuBLAS): embedding, RMSNorm,
- * postnorm residual, SiLU, sigmoid gate, row gather, partial NeoX RoPE, KV append, bf16 and fp32-router GEMMs and
- * the fp32-output lm_head, at the real MiniMax-01 widths. Inputs are bf16-representable random values (never
+ * postnorm residual, SiLU, sigmoid gate, row gather, partial NeoX RoPE, KV append (into a paged cache), bf16 and
+ * fp32-router GEMMs and the fp32-output lm_head, at the real MiniMax-01 widths. Inputs are bf16-representable random values (never
  * zeros), outputs are poisoned before each run; errors are norm-relative against the fp32 CPU reference, which
  * differs from the GPU only by the GPU's bf16 rounding points.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { KV_BLOCK_SIZE, type AttentionSegment } from '../../src/backend/backend.js';
 import { bf16Values, cpu, getGpu, maxRelErr, pair, poison, randn, relErr, Rng } from '../helpers/gpu.js';
 
 const { gpu, reason } = await getGpu();
@@ -105,27 +106,52 @@ test('rope: partial NeoX (64 of 128 dims, θ = 1e7) at positions up to 1M; whole
   }
 });
 
-test('kvAppend writes each segment at its past offset', { skip }, () => {
+test('kvAppend writes each segment at its past offset through its block table (shuffled blocks of a shared pool)', { skip }, () => {
   const g = gpu!.backend, rng = new Rng(6);
-  const Hkv = 8, Dh = 128, cap = 64;
-  const lens = [5, 1, 12], pasts = [0, 40, 3];
+  const Hkv = 8, Dh = 128, row = Hkv * Dh;
+  // rows [past, past + len): inside one block, across one boundary (60..71), over four blocks (100..269), exactly one
+  // whole block (128..191)
+  const lens = [5, 1, 12, 170, 64], pasts = [0, 40, 60, 100, 128];
   const T = lens.reduce((a, b) => a + b, 0);
-  const k = pair(gpu!, [T, Hkv, Dh], 'bf16', bf16Values(randn(rng, T * Hkv * Dh)));
-  const v = pair(gpu!, [T, Hkv, Dh], 'bf16', bf16Values(randn(rng, T * Hkv * Dh)));
-  const caches = lens.map(() => ({ gk: g.zeros([cap, Hkv, Dh], 'bf16'), gv: g.zeros([cap, Hkv, Dh], 'bf16'), ck: cpu.zeros([cap, Hkv, Dh], 'f32'), cv: cpu.zeros([cap, Hkv, Dh], 'f32') }));
+  const k = pair(gpu!, [T, Hkv, Dh], 'bf16', bf16Values(randn(rng, T * row)));
+  const v = pair(gpu!, [T, Hkv, Dh], 'bf16', bf16Values(randn(rng, T * row)));
+  // One pool for all segments, 5 spare blocks; each segment takes a shuffled, non-contiguous set of block ids, and its
+  // table ends with a spare entry (a block no segment owns): a write through it shows up as a difference below.
+  const need = lens.map((l, i) => Math.ceil((pasts[i] + l) / KV_BLOCK_SIZE));
+  const blocks = need.reduce((a, b) => a + b, 0) + 5, poolRows = blocks * KV_BLOCK_SIZE;
+  const ids = Int32Array.from({ length: blocks }, (_, i) => i);
+  for (let i = blocks - 1; i > 0; i--) {
+    const j = Math.floor(rng.next() * (i + 1));
+    [ids[i], ids[j]] = [ids[j], ids[i]];
+  }
+  let next = 5;
+  const tables = need.map((nb) => {
+    const t = new Int32Array(nb + 1).fill(ids[0]);
+    t.set(ids.subarray(next, next + nb));
+    next += nb;
+    return t;
+  });
+  // Pools start random (the same on both sides): rows that are not written must keep their values.
+  const kp = pair(gpu!, [poolRows, Hkv, Dh], 'bf16', bf16Values(randn(rng, poolRows * row)));
+  const vp = pair(gpu!, [poolRows, Hkv, Dh], 'bf16', bf16Values(randn(rng, poolRows * row)));
   let start = 0;
-  const gs = [], cs = [];
+  const gs: AttentionSegment[] = [], cs: AttentionSegment[] = [];
   for (let i = 0; i < lens.length; i++) {
-    gs.push({ start, length: lens[i], past: pasts[i], k: caches[i].gk, v: caches[i].gv });
-    cs.push({ start, length: lens[i], past: pasts[i], k: caches[i].ck, v: caches[i].cv });
+    const bt = pair(gpu!, [tables[i].length], 'i32', tables[i]);
+    gs.push({ start, length: lens[i], past: pasts[i], k: kp.g, v: vp.g, blockTable: bt.g });
+    cs.push({ start, length: lens[i], past: pasts[i], k: kp.c, v: vp.c, blockTable: bt.c });
     start += lens[i];
   }
+  const before = g.toFloat32(kp.g);
   g.kvAppend(k.g, v.g, gs);
   cpu.kvAppend(k.c, v.c, cs);
-  for (const c of caches) {
-    assert.deepEqual(Array.from(g.toFloat32(c.gk)), Array.from(cpu.toFloat32(c.ck)));
-    assert.deepEqual(Array.from(g.toFloat32(c.gv)), Array.from(cpu.toFloat32(c.cv)));
-  }
+  const gotK = g.toFloat32(kp.g);
+  assert.deepEqual(Array.from(gotK), Array.from(cpu.toFloat32(kp.c)));
+  assert.deepEqual(Array.from(g.toFloat32(vp.g)), Array.from(cpu.toFloat32(vp.c)));
+  // and the rows really moved: every appended row differs from what the pool held before (random data)
+  let changed = 0;
+  for (let p = 0; p < poolRows; p++) if (gotK[p * row] !== before[p * row]) changed++;
+  assert.ok(changed >= T - 2, `only ${changed} of ${T} appended rows changed`);
 });
 
 test('linear: bf16 GEMMs at real shapes, the fp32 router GEMM and the fp32-output lm_head', { skip }, () => {

@@ -13,7 +13,8 @@
 //   sigmoid_mul_bf16    y = bf16(sigmoid(g) · x)                                 (lightning output gate)
 //   gather_rows_bf16/_f32  out[r, :] = x[rows[r], :]
 //   rope_bf16           partial NeoX RoPE on dims [0, rot), fp32 angle = pos · θ^(−2i/rot)
-//   kv_append_bf16      copies new K/V rows of each segment into that segment's cache at rows [past, past + len)
+//   kv_append_bf16      copies new K/V rows of each segment into its paged cache at cache rows [past, past + len):
+//                       cache row r is pool row bt[r >> 6] · 64 + (r & 63) (see attention.cu and KV_BLOCK_SIZE)
 //   cast_bf16_f32 / cast_f32_bf16
 //   fill_random_bf16 / fill_random_f32   benchmark weights (a counter-based hash, never zeros)
 
@@ -148,13 +149,17 @@ extern "C" __global__ void rope_bf16(bf16* x, const int* __restrict__ pos, int n
 }
 
 // grid (maxLen, nseg): block (r, s) copies row r of segment s (if r < len) into both caches. k, v: [T, Hkv·Dh].
+// grid (maxLen, nseg): block (r, s) copies row r of segment s (rowElems = Hkv·Dh elements of k and of v) to cache
+// row past + r, i.e. pool row block_table[s][(past + r) >> 6] · 64 + ((past + r) & 63) of the K / V pools.
 extern "C" __global__ void kv_append_bf16(const bf16* __restrict__ k, const bf16* __restrict__ v, const int* __restrict__ seg_start,
                                           const int* __restrict__ seg_len, const int* __restrict__ seg_past,
-                                          const u64* __restrict__ k_cache, const u64* __restrict__ v_cache, int rowElems) {
+                                          const u64* __restrict__ k_cache, const u64* __restrict__ v_cache,
+                                          const u64* __restrict__ block_table, int rowElems) {
   const int s = blockIdx.y, r = blockIdx.x;
   if (r >= seg_len[s]) return;
   const i64 src = (i64)(seg_start[s] + r) * rowElems;
-  const i64 dst = (i64)(seg_past[s] + r) * rowElems;
+  const int pos = seg_past[s] + r;  // < past + len: a mapped cache row
+  const i64 dst = ((i64)((const int*)block_table[s])[pos >> 6] * 64 + (pos & 63)) * rowElems;
   bf16* kc = (bf16*)k_cache[s];
   bf16* vc = (bf16*)v_cache[s];
   for (int i = threadIdx.x; i < rowElems; i += blockDim.x) {

@@ -2,19 +2,26 @@
  * Softmax attention on the GPU (kernels/attention.cu), matching CpuBackend.attention (MODEL.md §9): causal GQA over
  * each segment's KV cache (rows [0, past + i] for query row i), scale 1/√Dh, fp32 softmax.
  *
+ * The cache is paged (see AttentionSegment): the kernels get, per segment, the K / V pool pointers and the block
+ * table pointer (three u64 tables in the per-step metadata ring, so a replayed CUDA graph follows pools and tables
+ * that were reallocated), and map cache row r to pool row table[r >> 6] · 64 + (r & 63). KV_BLOCK_SIZE must equal
+ * the kernels' 64-row key tiles: every tile, decode stage and split starts on a block, so a tile is one lookup.
+ *
  * Prefill segments: a flash-attention kernel over (query tile of 64 rows, head, segment) with tensor cores for
  * Dh = 64 / 128, no N×N matrix in memory; any other Dh ≤ 256 takes a scalar kernel (a warp per query row).
  * Decode segments (one query): a split-K kernel over (segment, kv head, split) writing partial (max, sum, output)
  * per split and query head, then a reduce kernel. The number of splits is fixed, so a decode step's launches do not
- * depend on the context length (CUDA graphs); each split covers max(⌈n / splits⌉, 256) keys, so short contexts leave
- * the last splits empty (they only write m = −inf, l = 0, and the reduce skips them).
+ * depend on the context length (CUDA graphs); each split covers max(⌈n / splits⌉, 256) keys rounded up to a multiple
+ * of 64 (a whole number of blocks), so short contexts leave the last splits empty (they only write m = −inf, l = 0,
+ * and the reduce skips them).
  *
- * The tensor-core kernels read q, out and the caches with 16-byte accesses: they run when Dh is 64 or 128, every
- * pointer is 16-byte aligned (always so for allocator blocks) and, in decode, H/Hkv ≤ 16; otherwise the generic
- * kernels run. The choice depends only on shapes and on pointer alignment, never on lengths.
+ * The tensor-core kernels read q, out and the pools with 16-byte accesses: they run when Dh is 64 or 128, every
+ * pointer (q, out, the K / V pools) is 16-byte aligned (always so for allocator blocks) and, in decode, H/Hkv ≤ 16;
+ * otherwise the generic kernels run. The choice depends only on shapes and on pointer alignment, never on lengths
+ * or block tables.
  */
 
-import type { AttentionSegment } from '../../backend.js';
+import { KV_BLOCK_SIZE, type AttentionSegment } from '../../backend.js';
 import type { CudaTensor } from '../cuda-backend.js';
 import { ShapeError, UnsupportedError } from '../../../util/errors.js';
 import { f32, i32, type OpRuntime } from '../runtime.js';
@@ -36,13 +43,38 @@ function decodeShared(Dh: number): number {
   return 16 * (Dh + 8) * 2 + 3 * 2 * 64 * (Dh + 8) * 2; // Q (16 rows) + 3 stages × (K + V) of 64 rows
 }
 
-function tables(rt: OpRuntime, segs: readonly AttentionSegment[]) {
+/** The kernels hard-code 64-row blocks (attention.cu and elementwise.cu KV_BLOCK). */
+const KERNEL_KV_BLOCK = 64;
+if (KV_BLOCK_SIZE !== KERNEL_KV_BLOCK) throw new UnsupportedError(`the CUDA attention kernels need KV_BLOCK_SIZE = ${KERNEL_KV_BLOCK}, got ${KV_BLOCK_SIZE}`);
+
+/**
+ * Checks each segment's paged cache as far as the host can (the block ids themselves live on the device): i32
+ * block tables long enough for rows [0, past + length), pools of whole blocks with the layout [rows, Hkv, Dh].
+ */
+export function checkPagedSegments(segs: readonly AttentionSegment[], Hkv: number, Dh: number, what: string): void {
+  for (const g of segs) {
+    const bt = g.blockTable;
+    const blocks = Math.ceil((g.past + g.length) / KV_BLOCK_SIZE);
+    if (bt.dtype !== 'i32' || bt.shape.length !== 1) throw new ShapeError(`${what}: the block table must be i32 [blocks], got ${bt.dtype} [${bt.shape}]`);
+    if (bt.shape[0] < blocks) throw new ShapeError(`${what}: a block table of ${bt.shape[0]} blocks cannot map ${g.past + g.length} cache rows`);
+    for (const [p, name] of [[g.k, 'k'], [g.v, 'v']] as const) {
+      const [rows, h, d] = p.shape;
+      if (p.shape.length !== 3 || h !== Hkv || d !== Dh || rows % KV_BLOCK_SIZE !== 0 || p.dtype !== 'bf16') {
+        throw new ShapeError(`${what}: the ${name} pool must be bf16 [blocks · ${KV_BLOCK_SIZE}, ${Hkv}, ${Dh}], got ${p.dtype} [${p.shape}]`);
+      }
+    }
+  }
+}
+
+/** Per-segment metadata tables (ring copies: graph replays refill them with the current pointers). */
+export function segmentTables(rt: OpRuntime, segs: readonly AttentionSegment[]) {
   return {
     starts: rt.metaI32(segs.map((g) => g.start)),
     lens: rt.metaI32(segs.map((g) => g.length)),
     pasts: rt.metaI32(segs.map((g) => g.past)),
     kc: rt.metaPtrs(segs.map((g) => (g.k as CudaTensor).ptr)),
     vc: rt.metaPtrs(segs.map((g) => (g.v as CudaTensor).ptr)),
+    bt: rt.metaPtrs(segs.map((g) => (g.blockTable as CudaTensor).ptr)),
   };
 }
 
@@ -60,10 +92,11 @@ function tensorCorePath(Dh: number, o: CudaTensor, q: CudaTensor, segs: readonly
 
 export function attentionPrefill(rt: OpRuntime, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[], H: number, Hkv: number, Dh: number, scale: number): void {
   checkHeads(H, Hkv, Dh);
-  const t = tables(rt, segs);
+  checkPagedSegments(segs, Hkv, Dh, 'attention');
+  const t = segmentTables(rt, segs);
   const maxLen = Math.max(0, ...segs.map((g) => g.length));
   if (maxLen === 0) return;
-  const args = [o.ptr, q.ptr, t.starts, t.lens, t.pasts, t.kc, t.vc, i32(H), i32(Hkv), i32(Dh), f32(scale)];
+  const args = [o.ptr, q.ptr, t.starts, t.lens, t.pasts, t.kc, t.vc, t.bt, i32(H), i32(Hkv), i32(Dh), f32(scale)];
   if (tensorCorePath(Dh, o, q, segs)) {
     rt.launch('attention', `attention_prefill_bf16_d${Dh}`, [Math.ceil(maxLen / PREFILL_TILE), H, segs.length], [128], prefillShared(Dh), args);
   } else {
@@ -73,11 +106,12 @@ export function attentionPrefill(rt: OpRuntime, o: CudaTensor, q: CudaTensor, se
 
 export function attentionDecode(rt: OpRuntime, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[], H: number, Hkv: number, Dh: number, scale: number): void {
   checkHeads(H, Hkv, Dh);
-  const t = tables(rt, segs);
+  checkPagedSegments(segs, Hkv, Dh, 'attention');
+  const t = segmentTables(rt, segs);
   const splits = ATTN_DECODE_SPLITS;
   const partO = rt.scratch('attn.partO', segs.length * H * splits * Dh * 4);
   const partML = rt.scratch('attn.partML', segs.length * H * splits * 2 * 4);
-  const args = [partO, partML, q.ptr, t.starts, t.pasts, t.kc, t.vc, i32(H), i32(Hkv), i32(Dh), f32(scale), i32(splits)];
+  const args = [partO, partML, q.ptr, t.starts, t.pasts, t.kc, t.vc, t.bt, i32(H), i32(Hkv), i32(Dh), f32(scale), i32(splits)];
   if (H / Hkv <= MAX_TC_GROUP && tensorCorePath(Dh, o, q, segs)) {
     rt.launch('attention', `attention_decode_partial_bf16_d${Dh}`, [segs.length, Hkv, splits], [128], decodeShared(Dh), args);
   } else {
