@@ -9,6 +9,7 @@ bash ../shared/device/prepare.sh --deps >/dev/null
 rm -f .device/npm.txz
 m=.device/node_modules
 rm -rf "$m/zod/src" "$m/koffi/vendor"
-find "$m/koffi/src" -type f ! -name "*.js" ! -name "*.cjs" ! -name "*.mjs" ! -name "*.json" -delete "$m/koffi/doc" "$m/@koromix/koffi-linux-x64/musl_x64"
+rm -rf "$m/koffi/doc" "$m/@koromix/koffi-linux-x64/musl_x64"
+if [ -d "$m/koffi/src" ]; then find "$m/koffi/src" -type f ! -name "*.js" ! -name "*.cjs" ! -name "*.mjs" ! -name "*.json" -delete; fi
 find "$m" \( -name '*.d.ts' -o -name '*.d.cts' -o -name '*.d.mts' -o -name '*.map' -o -name '*.md' -o -name '*.ts' \) -type f -delete
 du -sh .device

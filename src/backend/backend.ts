@@ -176,6 +176,11 @@ export interface Backend {
    * Calls with one key must enqueue the same ops with the same shapes. Absent on backends without graphs.
    */
   runGraph?(key: string, body: () => void): void;
+  /**
+   * Drops the graphs captured by runGraph. Call it before freeing a buffer that a captured step used (a workspace
+   * buffer being grown): graphs keep raw pointers to what their kernels touched.
+   */
+  resetGraphs?(): void;
   /** Releases backend-wide resources (graphs, pools). */
   dispose?(): void;
 }

@@ -55,7 +55,11 @@ class Workspace {
     const n = shape.reduce((a, b) => a * b, 1);
     let buf = this.buffers.get(name);
     if (!buf || buf.shape[0] < n || buf.dtype !== dtype) {
-      if (buf) this.backend.free(buf);
+      if (buf) {
+        // Captured graphs hold this buffer's address: they must be recaptured against the new one.
+        this.backend.resetGraphs?.();
+        this.backend.free(buf);
+      }
       buf = this.backend.alloc([Math.max(n, buf ? buf.shape[0] * 2 : 0)], dtype);
       this.buffers.set(name, buf);
     }

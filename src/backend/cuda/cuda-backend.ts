@@ -310,7 +310,13 @@ export class CudaBackend implements Backend, OpRuntime {
     this.meta.markPending();
   }
 
-  dropGraphs(): void {
+  /**
+   * Drops every captured graph. Graphs hold raw pointers to the buffers their kernels touched (workspace, scratch),
+   * so whenever one of those is reallocated — a larger batch or prompt grew it — the graphs must be recaptured.
+   */
+  resetGraphs(): void {
+    if (this.graphs.size === 0) return;
+    this.synchronize(); // no graph may still be running when it is destroyed
     for (const g of this.graphs.values()) if (g !== 'warm') g.destroy();
     this.graphs.clear();
   }
@@ -336,7 +342,10 @@ export class CudaBackend implements Backend, OpRuntime {
   scratch(name: string, bytes: number): DevicePtr {
     let t = this.scratchBuffers.get(name);
     if (!t || t.bytes < bytes) {
-      if (t) this.allocator.free(t.ptr);
+      if (t) {
+        this.resetGraphs(); // captured graphs point at the old buffer
+        this.allocator.free(t.ptr);
+      }
       const want = Math.max(bytes, t ? t.bytes * 2 : 0);
       t = this.alloc([Math.ceil(want / 4)], 'i32') as CudaTensor;
       this.scratchBuffers.set(name, t);
@@ -521,7 +530,7 @@ export class CudaBackend implements Backend, OpRuntime {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.dropGraphs();
+    this.resetGraphs();
     this.ctx.synchronize();
     for (const t of this.scratchBuffers.values()) this.allocator.free(t.ptr);
     this.scratchBuffers.clear();
