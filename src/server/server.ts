@@ -98,7 +98,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }
   const kvTokens = options.kvCacheTokens ?? Math.min(2 * maxModelLen, 1 << 20);
   const kvBlocks = kvBlocksFor(kvTokens);
-  const limits: ServerLimits = { ...DEFAULT_LIMITS, ...options.limits };
+  // V5: a prompt longer than the context allows at a generous 32 characters per token is refused before tokenizing.
+  const limits: ServerLimits = { ...DEFAULT_LIMITS, maxPromptChars: Math.min(DEFAULT_LIMITS.maxPromptChars, maxModelLen * 32), ...options.limits };
   const maxNumSeqs = options.maxNumSeqs ?? 32;
   const maxWaiting = options.maxWaiting ?? 256;
   const maxQueuedTokens = options.maxQueuedTokens ?? 1 << 20;
