@@ -326,3 +326,37 @@ test('60 concurrent streams, a third disconnecting mid-stream: none fail, all ca
   assert.ok(disconnects >= 20, `client disconnects counted (${disconnects})`);
   await stillWorks();
 });
+
+test('cancellation storm: 200 streams asking for 500 tokens (the cap here) with a 0.5 s client timeout, then the server is free', async () => {
+  const storm = Array.from({ length: 200 }, async (_, i) => {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), 500);
+    try {
+      const r = await fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        signal: ac.signal,
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+        body: JSON.stringify({ model: 'tiny', prompt: `storm ${i}`, max_tokens: 500, ignore_eos: true, stream: true }),
+      });
+      if (r.status !== 200 && r.status !== 429) assert.fail(`status ${r.status}: ${await r.text()}`);
+      await r.text();
+    } catch (e) {
+      if ((e as Error).name !== 'AbortError') throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  });
+  await Promise.all(storm);
+  const t0 = performance.now();
+  await stillWorks();
+  assert.ok(performance.now() - t0 < 5000, 'a short request completes within 5 s');
+  let m = '';
+  for (let t = 0; t < 50; t++) {
+    m = await (await fetch(`${server.url}/metrics`)).text();
+    if (/lmoe_requests_running 0\n/.test(m) && /lmoe_requests_waiting 0\n/.test(m)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(m, /lmoe_requests_running 0\n/);
+  assert.match(m, /lmoe_requests_waiting 0\n/);
+  assert.match(m, /lmoe_linear_state_slots_used 0\n/);
+});
