@@ -194,6 +194,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const ctxParse = { limits, vocabSize: info.config.vocabSize };
     const parsed = route === '/v1/chat/completions' ? parseChatRequest(body, ctxParse) : parseCompletionRequest(body, ctxParse);
     if (!names.has(parsed.model)) throw modelNotFound(parsed.model);
+    if (parsed.kind === 'completion' && parsed.echo && parsed.logprobs) {
+      throw new HttpError(400, 'logprobs of the echoed prompt are not supported; use echo or logprobs, not both', { param: 'logprobs' });
+    }
     if (parsed.kind === 'chat' && (parsed.toolChoice === 'required' || typeof parsed.toolChoice === 'object')) {
       throw new HttpError(400, 'tool_choice "required" or a named function is not supported (the model cannot be forced to call a tool); use "auto" or "none"', { param: 'tool_choice' });
     }

@@ -221,6 +221,7 @@ test('bad requests are 4xx with the OpenAI error shape, and the server keeps wor
   assertError(await raw('/v1/completions', { method: 'POST', json: { model: 'tiny', prompt: '' } }), 400, 'prompt');
   assertError(await raw('/v1/completions', { method: 'POST', json: { model: 'tiny', prompt: [1, 2, 1_000_000] } }), 400, 'prompt');
   assertError(await raw('/v1/completions', { method: 'POST', json: { model: 'tiny', prompt: 'x', logprobs: 6 } }), 400, 'logprobs');
+  assertError(await raw('/v1/completions', { method: 'POST', json: { model: 'tiny', prompt: 'x', logprobs: 2, echo: true } }), 400, 'logprobs');
   // Unknown fields and __proto__ keys are inert.
   assert.equal((await raw('/v1/completions', { method: 'POST', body: '{"model":"tiny","prompt":"x","max_tokens":1,"__proto__":{"n":5},"whatever":1}', headers: { 'content-type': 'application/json' } })).status, 200);
   // Body over the limit (4 MiB): 413.
