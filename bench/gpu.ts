@@ -230,6 +230,20 @@ async function main(): Promise<void> {
     const net = new MiniMax01(c, b, weights, 'bf16');
     const rng = new Rng(42);
     const randomIds = (n: number): number[] => Array.from({ length: n }, () => Math.floor(rng.next() * c.vocabSize));
+    /** Wall-clock ms of three prefills of one fresh N-token prompt each, after one warm-up prefill (compilation,
+     *  workspace / scratch growth, KV pool). */
+    const timePrefill = (N: number): number[] => {
+      const times: number[] = [];
+      for (let rep = 0; rep < 4; rep++) {
+        const s = net.newSequence();
+        const ids = randomIds(N);
+        const t = performance.now();
+        net.forward([{ state: s, tokens: ids }], { logits: 'last' });
+        if (rep > 0) times.push(performance.now() - t);
+        s.dispose();
+      }
+      return times;
+    };
     const greedy = (seed: number) => ({ temperature: 0, topK: 0, topP: 1, seed, step: 0 });
     try {
       // decode, batch 1, short context
@@ -283,16 +297,7 @@ async function main(): Promise<void> {
       // prefill, one 4096-token prompt
       if (want('slice_prefill_tokens_per_s_n4k')) {
         const N = 4096;
-        const times: number[] = [];
-        for (let rep = 0; rep < 4; rep++) {
-          const s = net.newSequence();
-          const ids = randomIds(N);
-          const t = performance.now();
-          net.forward([{ state: s, tokens: ids }], { logits: 'last' });
-          if (rep > 0) times.push(performance.now() - t); // rep 0 warms up (compilation, allocations)
-          s.dispose();
-        }
-        const prefillMs = median(times);
+        const prefillMs = median(timePrefill(N));
         log(`slice prefill 4K: ${prefillMs.toFixed(1)} ms → ${(N / (prefillMs / 1000)).toFixed(0)} tokens/s`);
         push({ name: 'slice_prefill_tokens_per_s_n4k', value: N / (prefillMs / 1000), unit: 'tokens/s', baseline: null });
       }
@@ -300,15 +305,7 @@ async function main(): Promise<void> {
       // prefill, one 32,768-token prompt: MFU
       if (want('slice_prefill_mfu_n32k')) {
         const N = 32768;
-        const times: number[] = [];
-        for (let rep = 0; rep < 4; rep++) {
-          const s = net.newSequence();
-          const ids = randomIds(N);
-          const t = performance.now();
-          net.forward([{ state: s, tokens: ids }], { logits: 'last' });
-          if (rep > 0) times.push(performance.now() - t); // rep 0 warms up (workspace and scratch growth, KV pool)
-          s.dispose();
-        }
+        const times = timePrefill(N);
         const ms = median(times);
         const f = prefillFlops(c, N);
         const flops = f.matmul + f.attention;

@@ -90,7 +90,9 @@ export function logprobsOf(row: Float32Array, id: number, top: number): { logpro
   const lse = max + Math.log(sum);
   const out: TokenLogprob[] = [];
   if (top > 0) {
-    const idx = topIndices(row, 0, row.length, Math.min(top, row.length), new Int32Array(Math.min(top, row.length) * 8 >= row.length ? row.length : Math.min(top, row.length)));
+    const m = Math.min(top, row.length);
+    // topIndices sorts everything (needing room for all ids) when m is a large share of the row.
+    const idx = topIndices(row, 0, row.length, m, new Int32Array(m * 8 >= row.length ? row.length : m));
     for (const i of idx) out.push({ id: i, logprob: row[i] - lse });
   }
   return { logprob: row[id] - lse, top: out };

@@ -285,11 +285,13 @@ export class Scheduler {
   private plan(): { seq: Seq; count: number; sample: boolean }[] {
     const batch: { seq: Seq; count: number; sample: boolean }[] = [];
     let budget = this.maxBatchTokens;
-    const decoding = this.running.filter((s) => s.tokens.length - s.fed === 1 && s.generated > 0);
-    const prefilling = this.running.filter((s) => !decoding.includes(s));
+    // Decoding: its only unfed token is the one it sampled last. Everything else still has prompt to prefill.
+    const isDecoding = (s: Seq): boolean => s.tokens.length - s.fed === 1 && s.generated > 0;
+    const decoding = this.running.filter(isDecoding);
+    const prefilling = this.running.filter((s) => !isDecoding(s));
     for (const seq of decoding) {
       if (seq.done || !seq.state) continue;
-      if (!this.ensureRoom(seq, seq.state!.position + 1)) continue;
+      if (!this.ensureRoom(seq, seq.state.position + 1)) continue;
       batch.push({ seq, count: 1, sample: true });
       budget--;
     }

@@ -254,25 +254,12 @@ export class SequenceState {
     }
   }
 
-  /** Back to an empty sequence in the same slot: zero lightning states, KV blocks returned, position 0. */
-  reset(): void {
-    this.ensureLive();
-    for (const s of this.lightning) if (s) this.pool.backend.fillZero(s);
-    this.pool.returnBlocks(this.blocks);
-    this.blocks.length = 0;
-    this.position = 0;
-  }
-
   /** Copies the lightning state of layer `layer` to the host (fp32 [H, Dh, Dh]). */
   lightningState(layer: number): Float32Array {
     this.ensureLive();
     const s = this.lightning[layer];
     assert(s, `layer ${layer} is not a lightning layer`);
     return this.pool.backend.toFloat32(s);
-  }
-
-  get isDisposed(): boolean {
-    return this.disposed;
   }
 
   dispose(): void {

@@ -13,10 +13,9 @@ import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { CapacityError } from '../util/errors.js';
-import { badRequest, HttpError, toHttpError } from './errors.js';
+import { badRequest, errorBody, HttpError, toHttpError } from './errors.js';
 import { startRun, type ChoiceDelta, type ChoiceEnd, type TokenInfo } from './generation.js';
 import {
-  checkPromptChars,
   COMPLETION_DEFAULT_MAX_TOKENS,
   contextLengthError,
   maxTokensTooLargeError,
@@ -54,14 +53,11 @@ export function preparePrompt(ctx: CompletionContext, req: Req): { ids: number[]
   if (req.maxTokens !== undefined && req.maxTokens > N) throw maxTokensTooLargeError(N, req.maxTokens);
   let ids: number[];
   if (req.kind === 'chat') {
-    let chars = 0;
-    for (const m of req.messages) chars += typeof m.content === 'string' ? m.content.length : JSON.stringify(m.content ?? '').length;
-    // V5: a cheap length guard before the template and the tokenizer run.
-    if (chars > ctx.limits.maxPromptChars) throw badRequest(`the messages hold ${chars} characters, over the limit of ${ctx.limits.maxPromptChars}`, 'messages');
+    // V5: parseChatRequest has already bounded the messages' total length (limits.maxPromptChars).
     ids = ctx.tokenizer.encodeChat(req.messages, { tools: req.tools, addGenerationPrompt: true });
   } else if (typeof req.prompt === 'string') {
-    checkPromptChars(req.prompt, ctx.limits);
-    // Caller text never becomes control tokens (T5): special-token strings are encoded as plain text.
+    // Length already bounded by parseCompletionRequest (V5). Caller text never becomes control tokens (T5):
+    // special-token strings are encoded as plain text.
     ids = ctx.tokenizer.encode(req.prompt, { parseSpecialTokens: false });
   } else {
     ids = req.prompt;
@@ -86,7 +82,6 @@ interface ChoiceState {
   text: string;
   tokens: TokenInfo[];
   end?: ChoiceEnd;
-  started: boolean;
 }
 
 /** Runs the request to the end, writing the response. Never throws: errors become HTTP errors or SSE error events. */
@@ -97,7 +92,7 @@ export async function runCompletion(ctx: CompletionContext, req: Req, res: Serve
   const object = chat ? 'chat.completion' : 'text_completion';
   const chunkObject = chat ? 'chat.completion.chunk' : 'text_completion';
   const m = ctx.metrics;
-  const choices: ChoiceState[] = Array.from({ length: req.n }, () => ({ text: '', tokens: [], started: false }));
+  const choices: ChoiceState[] = Array.from({ length: req.n }, () => ({ text: '', tokens: [] }));
   const echoText = !chat && (req as CompletionRequest).echo ? ctx.tokenizer.decode(prompt.ids, { skipSpecialTokens: false }) : '';
   let firstTokenAt = 0, lastTokenAt = 0;
   let queued = true;
@@ -152,7 +147,7 @@ export async function runCompletion(ctx: CompletionContext, req: Req, res: Serve
     c.text += text;
     c.tokens.push(...tokens);
     if (!stream || (!text && !(req.logprobs && tokens.length > 0))) return;
-    write(chunk([streamChoice(ctx, req, index, text, tokens, null, c)]));
+    write(chunk([streamChoice(ctx, req, index, text, tokens, null)]));
   };
 
   abort = startRun(
@@ -189,8 +184,8 @@ export async function runCompletion(ctx: CompletionContext, req: Req, res: Serve
         c.end = e;
         m.generationTokens.inc(undefined, e.completionTokens);
         if (stream) {
-          if (e.text || (req.logprobs && e.tokens.length > 0)) write(chunk([streamChoice(ctx, req, e.index, e.text, e.tokens, null, c)]));
-          write(chunk([streamChoice(ctx, req, e.index, '', [], e, c)]));
+          if (e.text || (req.logprobs && e.tokens.length > 0)) write(chunk([streamChoice(ctx, req, e.index, e.text, e.tokens, null)]));
+          write(chunk([streamChoice(ctx, req, e.index, '', [], e)]));
         }
         if (++ended === req.n) chain.then(() => settle.resolve(), settle.reject);
       },
@@ -270,7 +265,7 @@ export async function runCompletion(ctx: CompletionContext, req: Req, res: Serve
   }
 }
 
-function streamChoice(ctx: CompletionContext, req: Req, index: number, text: string, tokens: readonly TokenInfo[], end: ChoiceEnd | null, c: ChoiceState): Record<string, unknown> {
+function streamChoice(ctx: CompletionContext, req: Req, index: number, text: string, tokens: readonly TokenInfo[], end: ChoiceEnd | null): Record<string, unknown> {
   const lp = req.logprobs && tokens.length > 0 ? logprobsPayload(ctx, req, tokens) : null;
   if (req.kind === 'chat') {
     const delta: Record<string, unknown> = {};
@@ -278,7 +273,6 @@ function streamChoice(ctx: CompletionContext, req: Req, index: number, text: str
     if (end && end.toolCalls.length > 0) {
       delta.tool_calls = end.toolCalls.map((t, i) => ({ index: i, id: t.id, type: 'function', function: t.function }));
     }
-    c.started = true;
     return { index, delta, logprobs: lp, finish_reason: end ? end.finishReason : null };
   }
   return { index, text, logprobs: lp, finish_reason: end ? end.finishReason : null };
@@ -342,7 +336,7 @@ export function sendError(res: ServerResponse, e: HttpError): void {
     res.destroy();
     return;
   }
-  sendJson(res, e.status, { error: { message: e.message, type: e.type, param: e.param, code: e.code } }, e.headers);
+  sendJson(res, e.status, errorBody(e), e.headers);
 }
 
 function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void } {

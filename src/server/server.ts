@@ -13,7 +13,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Device } from '../backends.js';
-import { loadModelInfo, type LoadProgressEvent, type ModelInfo } from '../engine/model.js';
+import { loadModelInfo, type LoadProgressEvent } from '../engine/model.js';
 import { kvBlocksFor } from '../model/cache.js';
 import { ConfigError, TokenizerError } from '../util/errors.js';
 import { ApiKeys } from './auth.js';
@@ -165,7 +165,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }
     if (route === '/health') {
       if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, 'use GET /health');
-      res.writeHead(healthy() ? 200 : 503, healthy() ? {} : { 'Retry-After': '5' }).end();
+      const ok = healthy();
+      res.writeHead(ok ? 200 : 503, ok ? {} : { 'Retry-After': '5' }).end();
       return;
     }
     if (route === '/metrics' && method === 'GET') {
@@ -297,9 +298,6 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     drain,
   };
 }
-
-/** Model info for callers that print a banner before the server starts. */
-export type { ModelInfo };
 
 function urlPath(req: IncomingMessage): string {
   const u = req.url ?? '/';

@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import type { Backend, SampleParams, Tensor } from '../../src/backend/backend.js';
 import { Sampler, argmax, topIndices } from '../../src/engine/sampling.js';
 import { Rng, getGpu, randn, type Gpu } from '../helpers/gpu.js';
+import { TOP_P_BOUNDARY_CASES } from '../helpers/top-p-cases.js';
 
 const { gpu, reason } = await getGpu();
 const skip: string | false = gpu ? false : (reason ?? 'no GPU');
@@ -231,16 +232,7 @@ test('top-p: boundary cases and distributions', { skip }, (t) => {
   assert.ok(Math.abs(p08[0] - 0.625) < 1e-6 && Math.abs(p08[1] - 0.375) < 1e-6 && p08[2] === 0 && p08[3] === 0, `expected [0.625, 0.375, 0, 0], got ${Array.from(p08)}`);
   distributionCase(t, 'p=0.8 (two tokens)', probs, 1, 0, 0.8);
   // the CPU unit test's boundary cases: the kept set must not depend on how f32 rounds the shifted logits
-  const cases: [number, number[]][] = [
-    [0.3, [0]],
-    [0.5, [0]],
-    [0.5001, [0, 1]],
-    [0.8, [0, 1]],
-    [0.81, [0, 1, 2]],
-    [0.95, [0, 1, 2]],
-    [0.96, [0, 1, 2, 3]],
-    [1, [0, 1, 2, 3]],
-  ];
+  const cases = TOP_P_BOUNDARY_CASES;
   for (const shift of [0, 3, -7, 13.5, -20, 37]) {
     const shifted = Float32Array.from([0.5, 0.3, 0.15, 0.05], (q) => Math.log(q) + shift);
     for (const [p, keep] of cases) {

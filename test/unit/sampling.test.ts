@@ -10,6 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng, Sampler, argmax, topIndices, validateSampling, type SamplingParams } from '../../src/engine/sampling.js';
 import { InvalidArgumentError } from '../../src/util/errors.js';
+import { TOP_P_BOUNDARY_CASES } from '../helpers/top-p-cases.js';
 
 /** softmax(logits / T) in float64. */
 function softmax(logits: ArrayLike<number>, T = 1): number[] {
@@ -181,16 +182,7 @@ test('top-k never returns a token outside the k best, ties at the boundary going
 
 test('top-p keeps the smallest prefix whose mass reaches p (boundary exact, any logit shift)', () => {
   const probs = [0.5, 0.3, 0.15, 0.05];
-  const cases: [number, number[]][] = [
-    [0.3, [0]],
-    [0.5, [0]],
-    [0.5001, [0, 1]],
-    [0.8, [0, 1]],
-    [0.81, [0, 1, 2]],
-    [0.95, [0, 1, 2]],
-    [0.96, [0, 1, 2, 3]],
-    [1, [0, 1, 2, 3]],
-  ];
+  const cases = TOP_P_BOUNDARY_CASES;
   const N = 20_000;
   // A constant shift leaves softmax unchanged; the nucleus must not depend on how f32 rounds the shifted logits.
   for (const shift of [0, 3, -7, 13.5, -20, 37]) {

@@ -18,7 +18,7 @@ import { Cublas, CUDA_R_16BF, CUDA_R_32F } from './cublas.js';
 import { CudaContext, type CudaGraph, type DevicePtr, type KernelArg } from './driver.js';
 import { KernelLibrary, type CompileEvent } from './kernels.js';
 import { f32, gridFor, i32, i64, type OpRuntime } from './runtime.js';
-import { attentionDecode, attentionPrefill, checkPagedSegments } from './ops/attention.js';
+import { attentionDecode, attentionPrefill, checkPagedSegments, segmentTables } from './ops/attention.js';
 import { lightningDecode, lightningPrefill } from './ops/lightning.js';
 import { moeExperts, moeRoute } from './ops/moe.js';
 import { sampleTokens } from './ops/sampling.js';
@@ -471,14 +471,9 @@ export class CudaBackend implements Backend, OpRuntime {
     if (segments.length === 0) return;
     checkPagedSegments(segments, Hkv, Dh, 'kvAppend');
     const maxLen = Math.max(...segments.map((g) => g.length));
-    const starts = this.metaI32(segments.map((g) => g.start));
-    const lens = this.metaI32(segments.map((g) => g.length));
-    const pasts = this.metaI32(segments.map((g) => g.past));
-    const kc = this.metaPtrs(segments.map((g) => checkDims(g.k, 'k pool', [undefined, Hkv, Dh], 'bf16').ptr));
-    const vc = this.metaPtrs(segments.map((g) => checkDims(g.v, 'v pool', [undefined, Hkv, Dh], 'bf16').ptr));
     // Paged: cache row r of a segment is pool row blockTable[r >> 6] · 64 + (r & 63) (the kernel maps the rows).
-    const bt = this.metaPtrs(segments.map((g) => checkDims(g.blockTable, 'block table', [undefined], 'i32').ptr));
-    this.launch('elementwise', 'kv_append_bf16', [maxLen, segments.length], [128], 0, [asCuda(k, 'k').ptr, asCuda(v, 'v').ptr, starts, lens, pasts, kc, vc, bt, i32(Hkv * Dh)]);
+    const t = segmentTables(this, segments);
+    this.launch('elementwise', 'kv_append_bf16', [maxLen, segments.length], [128], 0, [asCuda(k, 'k').ptr, asCuda(v, 'v').ptr, t.starts, t.lens, t.pasts, t.kc, t.vc, t.bt, i32(Hkv * Dh)]);
   }
 
   attention(out: Tensor, q: Tensor, segments: readonly AttentionSegment[], scale: number): void {
