@@ -69,6 +69,16 @@ export interface SampleParams {
   readonly step: number;
 }
 
+/**
+ * What a postnorm residual may do next with the new stream: normalise it, rmsNorm(o, out, w, eps), into each of
+ * `outs` (the next GEMM's input and the router's fp32 input). A backend may fuse this into the residual.
+ */
+export interface NormAfter {
+  readonly w: Tensor;
+  readonly eps: number;
+  readonly outs: readonly Tensor[];
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -116,9 +126,10 @@ export interface Backend {
   /**
    * The postnorm residual of MODEL.md §7 on the residual stream x[T, D]: out = rms(x, w, eps) · alpha + branch · beta,
    * with the normalised x recomputed here at the stream's precision (fp32), so the residual path never passes
-   * through a rounded copy of it. out may alias x.
+   * through a rounded copy of it. out may alias x. With `then`, the new stream is normalised into then.outs
+   * afterwards, exactly as separate rmsNorm calls would (the CUDA backend fuses this at decode, saving launches).
    */
-  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number): void;
+  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number, then?: NormAfter): void;
   /** x = silu(x), in place. */
   siluInPlace(x: Tensor): void;
   /** out = sigmoid(gate) ⊙ x (the lightning output gate). out may alias x. */

@@ -202,10 +202,13 @@ export class MiniMax01 {
     trace?.('embed', -1, () => b.toFloat32(x));
     const h = ws.get('h', [T, D], act);
     const hRouter = act === 'f32' ? h : ws.get('h_router', [T, D], 'f32');
+    // Each postnorm residual also produces the norm that follows it (the next GEMM's input, and the router's):
+    // one fused launch per site on the GPU. Layer 0's input norm is the only stand-alone one.
+    const ffnNormOuts = hRouter !== h ? [h, hRouter] : [h];
+    b.rmsNorm(h, x, this.weights.layers[0].inputNorm, c.rmsNormEps);
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.weights.layers[l];
       const kind = c.layerTypes[l];
-      b.rmsNorm(h, x, w.inputNorm, c.rmsNormEps);
       trace?.('attn_norm', l, () => b.toFloat32(h));
       // Branch outputs stay fp32 until they join the fp32 residual stream.
       const a = ws.get('a', [T, D], 'f32');
@@ -217,15 +220,14 @@ export class MiniMax01 {
         this.softmaxBlock(a, h, w.attn, segs, posT, T, l, trace);
       }
       // x1 = h1·α + a·β with h1 = rms(x);  h2 = rms(x1)
-      b.postnormResidual(x, x, w.inputNorm, c.rmsNormEps, c.alpha[kind], a, c.beta[kind]);
-      b.rmsNorm(h, x, w.postNorm, c.rmsNormEps);
-      if (hRouter !== h) b.rmsNorm(hRouter, x, w.postNorm, c.rmsNormEps);
+      b.postnormResidual(x, x, w.inputNorm, c.rmsNormEps, c.alpha[kind], a, c.beta[kind], { w: w.postNorm, eps: c.rmsNormEps, outs: ffnNormOuts });
       trace?.('ffn_norm', l, () => b.toFloat32(h));
       const m = ws.get('m', [T, D], 'f32');
       this.moeBlock(m, h, hRouter, w, T, l, trace);
       trace?.('moe_out', l, () => b.toFloat32(m));
       // out = h2·α + m·β
-      b.postnormResidual(x, x, w.postNorm, c.rmsNormEps, c.alpha.mlp, m, c.beta.mlp);
+      const next = this.weights.layers[l + 1];
+      b.postnormResidual(x, x, w.postNorm, c.rmsNormEps, c.alpha.mlp, m, c.beta.mlp, next && { w: next.inputNorm, eps: c.rmsNormEps, outs: [h] });
       trace?.('l_out', l, () => b.toFloat32(x));
     }
     for (const it of items) it.state.position += it.tokens.length;

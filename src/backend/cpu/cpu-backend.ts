@@ -5,7 +5,7 @@
  * accumulation; no op allocates per element (scratch buffers are reused across calls).
  */
 
-import { KV_BLOCK_SIZE, type AttentionSegment, type Backend, type DType, type LightningSegment, type Tensor } from '../backend.js';
+import { KV_BLOCK_SIZE, type AttentionSegment, type Backend, type DType, type LightningSegment, type NormAfter, type Tensor } from '../backend.js';
 import type { StDType } from '../../weights/safetensors.js';
 import { decodeToFloat32, roundBf16 } from '../../util/dtype.js';
 import { ShapeError, UnsupportedError } from '../../util/errors.js';
@@ -158,7 +158,7 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < o.length; i++) o[i] = r[i] * alpha + b[i] * beta;
   }
 
-  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number): void {
+  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number, then?: NormAfter): void {
     const C = w.shape[0];
     const xs = f32(x, 'postnormResidual x');
     const T = xs.length / C;
@@ -172,6 +172,7 @@ export class CpuBackend implements Backend {
       const r = 1 / Math.sqrt(ss / C + eps);
       for (let c = 0; c < C; c++) o[base + c] = ws[c] * (xs[base + c] * r) * alpha + b[base + c] * beta;
     }
+    for (const n of then?.outs ?? []) this.rmsNorm(n, out, then!.w, then!.eps);
   }
 
   siluInPlace(x: Tensor): void {

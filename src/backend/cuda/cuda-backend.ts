@@ -9,7 +9,7 @@
  * into the pinned ring at the same offsets and launches nothing; the graph's copy nodes pick the new values up.
  */
 
-import type { AttentionSegment, Backend, DType, LightningSegment, SampleParams, Tensor } from '../backend.js';
+import type { AttentionSegment, Backend, DType, LightningSegment, NormAfter, SampleParams, Tensor } from '../backend.js';
 import { DTYPE_BYTES, type StDType } from '../../weights/safetensors.js';
 import { decodeToFloat32, f32ToBf16 } from '../../util/dtype.js';
 import { InternalError, ShapeError, UnsupportedError } from '../../util/errors.js';
@@ -413,14 +413,27 @@ export class CudaBackend implements Backend, OpRuntime {
     this.launch('elementwise', kernel, [rows], [normThreads(C)], 0, [oc.ptr, xc.ptr, asCuda(w, 'rmsNorm w').ptr, i32(C), f32(eps)]);
   }
 
-  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number): void {
+  postnormResidual(out: Tensor, x: Tensor, w: Tensor, eps: number, alpha: number, branch: Tensor, beta: number, then?: NormAfter): void {
     const C = w.shape[0];
     const xc = asCuda(x, 'postnormResidual x');
     const rows = xc.size / C;
     const oc = checkDims(out, 'postnormResidual out', [rows, C], 'f32');
     if (xc.dtype !== 'f32') throw new ShapeError('postnormResidual: the residual stream must be f32');
     const bc = checkDims(branch, 'postnormResidual branch', [rows, C]);
-    this.launch('elementwise', bc.dtype === 'f32' ? 'postnorm_residual_f32' : 'postnorm_residual_bf16', [rows], [normThreads(C)], 0, [oc.ptr, xc.ptr, asCuda(w, 'w').ptr, bc.ptr, i32(C), f32(eps), f32(alpha), f32(beta)]);
+    const args = [oc.ptr, xc.ptr, asCuda(w, 'w').ptr, bc.ptr, i32(C), f32(eps), f32(alpha), f32(beta)];
+    const kind = bc.dtype === 'f32' ? 'f32' : 'bf16';
+    // Fused with the norms that follow (one launch instead of up to three per site): at most one bf16 and one f32
+    // output, the same thread layout as rms_norm_*, so the results are bit-identical to the separate kernels.
+    const outs = (then?.outs ?? []).map((t, i) => checkDims(t, `postnormResidual then.outs[${i}]`, [rows, C]));
+    const hb = outs.filter((t) => t.dtype === 'bf16'), hf = outs.filter((t) => t.dtype === 'f32');
+    if (then && outs.length > 0 && hb.length <= 1 && hf.length <= 1 && hb.length + hf.length === outs.length) {
+      const wn = asCuda(then.w, 'postnormResidual then.w');
+      this.launch('elementwise', `postnorm_residual_norm_${kind}`, [rows], [normThreads(C)], 0,
+        [...args, wn.ptr, f32(then.eps), hb[0]?.ptr ?? 0n, hf[0]?.ptr ?? 0n]);
+      return;
+    }
+    this.launch('elementwise', `postnorm_residual_${kind}`, [rows], [normThreads(C)], 0, args);
+    for (const n of outs) this.rmsNorm(n, out, then!.w, then!.eps);
   }
 
   residualAdd(out: Tensor, residual: Tensor, alpha: number, branch: Tensor, beta: number): void {

@@ -8,6 +8,7 @@
 //   rms_norm_f32_bf16   fp32 stream → bf16 GEMM input;  rms_norm_f32_f32: fp32 stream → fp32 router input
 //   postnorm_residual_f32/_bf16  x = rms(x)·w·α + branch·β on the fp32 stream (fp32 / bf16 branch), the norm
 //                       recomputed unrounded
+//   postnorm_residual_norm_f32/_bf16  the above, then rms_norm_f32_* of the new stream into a bf16 and/or fp32 output
 //   residual_add_bf16   y = bf16(bf16(r · α) + bf16(b · β))                     (postnorm residual)
 //   silu_bf16           x = bf16(silu(x))
 //   sigmoid_mul_bf16    y = bf16(sigmoid(g) · x)                                 (lightning output gate)
@@ -98,6 +99,32 @@ extern "C" __global__ void postnorm_residual_bf16(float* out, const float* x, co
   postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
 }
 
+// postnorm_residual followed by rms_norm_f32_{bf16,f32} of the new stream with wn (hb / hf may be null): each thread
+// re-reads only the elements it wrote, with the thread layout of the separate kernels, so the outputs are bit-equal
+// to postnorm_residual_* then rms_norm_f32_* — in one launch instead of two or three (decode is launch-bound).
+template <typename TB>
+static __device__ void postnorm_residual_norm(float* out, const float* x, const bf16* w, const TB* branch, int cols, float eps, float alpha, float beta,
+                                              const bf16* wn, float epsn, bf16* hb, float* hf) {
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
+  __shared__ float scratch2[32];
+  const i64 row = blockIdx.x;
+  const float* xr = out + row * cols;
+  const float r = inv_rms_row(xr, cols, epsn, scratch2);
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = bf2f(wn[i]) * (xr[i] * r);
+    if (hb) hb[row * cols + i] = f2bf(v);
+    if (hf) hf[row * cols + i] = v;
+  }
+}
+extern "C" __global__ void postnorm_residual_norm_f32(float* out, const float* x, const bf16* __restrict__ w, const float* __restrict__ branch, int cols,
+                                                      float eps, float alpha, float beta, const bf16* __restrict__ wn, float epsn, bf16* hb, float* hf) {
+  postnorm_residual_norm(out, x, w, branch, cols, eps, alpha, beta, wn, epsn, hb, hf);
+}
+extern "C" __global__ void postnorm_residual_norm_bf16(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch, int cols,
+                                                       float eps, float alpha, float beta, const bf16* __restrict__ wn, float epsn, bf16* hb, float* hf) {
+  postnorm_residual_norm(out, x, w, branch, cols, eps, alpha, beta, wn, epsn, hb, hf);
+}
+
 extern "C" __global__ void residual_add_bf16(bf16* out, const bf16* res, const bf16* branch, i64 n, float alpha, float beta) {
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
     out[i] = f2bf(rbf(bf2f(res[i]) * alpha) + rbf(bf2f(branch[i]) * beta));
@@ -122,10 +149,15 @@ extern "C" __global__ void gather_rows_f32(float* __restrict__ out, const float*
   for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
 }
 
+// 16-byte copies when C % 8 == 0 and both buffers are 16-byte aligned (the MoE prefill gathers 100k+ rows).
 extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ x, const int* __restrict__ rows, int C) {
   const int r = blockIdx.x;
   const bf16* src = x + (i64)rows[r] * C;
   bf16* dst = out + (i64)r * C;
+  if ((C & 7) == 0 && ((((u64)out) | ((u64)x)) & 15) == 0) {
+    for (int i = threadIdx.x * 8; i < C; i += blockDim.x * 8) *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+    return;
+  }
   for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
 }
 

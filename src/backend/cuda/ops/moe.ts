@@ -40,9 +40,13 @@ export function moeExperts(
     const order = rt.scratch('moe.order', (E + 1 + TK) * 4); // offsets[E+1] then slots sorted by expert
     const act = rt.scratch('moe.act', TK * I * 2);
     const y = rt.scratch('moe.y', TK * D * 2);
+    // An expert has at most T slots (top-K picks distinct experts), so NS ≥ T reads its weights once with the
+    // fewest registers; one CTA column per expert with slots (at most min(E, T·K) of them).
+    const ns = T <= 1 ? 1 : T <= 2 ? 2 : T <= 4 ? 4 : 8;
+    const active = Math.min(E, TK);
     rt.launch('moe', 'moe_sort_small', [1], [1024], 0, [order, idx.ptr, i32(TK), i32(E)]);
-    rt.launch('moe', 'moe_grouped_w13_bf16', [E, Math.ceil(I / 16)], [256], 0, [act, x.ptr, order, w13.ptr, i32(K), i32(D), i32(I), i32(E)]);
-    rt.launch('moe', 'moe_grouped_w2_bf16', [E, Math.ceil(D / 16)], [256], 0, [y, act, order, w2.ptr, i32(D), i32(I), i32(E)]);
+    rt.launch('moe', `moe_grouped_w13_bf16_ns${ns}`, [active, Math.ceil(I / 16)], [256], 0, [act, x.ptr, order, w13.ptr, i32(K), i32(D), i32(I), i32(E)]);
+    rt.launch('moe', `moe_grouped_w2_bf16_ns${ns}`, [active, Math.ceil(D / 16)], [256], 0, [y, act, order, w2.ptr, i32(D), i32(I), i32(E)]);
     rt.launch('moe', combineKernel(out), [T], [256], 0, [out.ptr, y, 0n, idx.ptr, w.ptr, i32(K), i32(D)]);
     return;
   }
