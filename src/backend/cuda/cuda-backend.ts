@@ -423,7 +423,7 @@ export class CudaBackend implements Backend, OpRuntime {
     const args = [oc.ptr, xc.ptr, asCuda(w, 'w').ptr, bc.ptr, i32(C), f32(eps), f32(alpha), f32(beta)];
     const kind = bc.dtype === 'f32' ? 'f32' : 'bf16';
     // Fused with the norms that follow (one launch instead of up to three per site): at most one bf16 and one f32
-    // output, the same thread layout as rms_norm_*, so the results are bit-identical to the separate kernels.
+    // output, with the same per-thread arithmetic as postnorm_residual_* followed by rms_norm_f32_*.
     const outs = (then?.outs ?? []).map((t, i) => checkDims(t, `postnormResidual then.outs[${i}]`, [rows, C]));
     const hb = outs.filter((t) => t.dtype === 'bf16'), hf = outs.filter((t) => t.dtype === 'f32');
     if (then && outs.length > 0 && hb.length <= 1 && hf.length <= 1 && hb.length + hf.length === outs.length) {

@@ -41,6 +41,13 @@ static __device__ __forceinline__ float load_f(const float* p, i64 i) { return p
 static __device__ __forceinline__ void store_f(bf16* p, i64 i, float v) { p[i] = f2bf(v); }
 static __device__ __forceinline__ void store_f(float* p, i64 i, float v) { p[i] = v; }
 
+// Row norms run one CTA per row. At decode that is one 6144-wide row per launch, so the cost is dependent memory
+// round trips, not bytes: when the row fits in registers (≤ NORM_NV elements per thread, the common case) every
+// operand — x, the branch, both weight vectors — is loaded up front in one round, and the new stream is normalised
+// from registers. Element i belongs to thread i mod blockDim in both paths and partial sums run in increasing i, so
+// the two paths do the same arithmetic.
+#define NORM_NV 8
+
 // 1/rms of one row in fp32 (one block per row). Callers rewrite exactly the elements each thread read, so out
 // may alias x.
 template <typename TIn>
@@ -54,6 +61,24 @@ static __device__ float inv_rms_row(const TIn* xr, int cols, float eps, float* s
   return rsqrtf(ss / (float)cols + eps);
 }
 
+// The register path: v[k] holds element threadIdx.x + k·blockDim.x (0 past the row).
+template <typename TIn>
+static __device__ __forceinline__ void load_row_regs(float (&v)[NORM_NV], const TIn* p, int cols) {
+#pragma unroll
+  for (int k = 0; k < NORM_NV; k++) {
+    const int i = threadIdx.x + k * blockDim.x;
+    v[k] = i < cols ? load_f(p, i) : 0.f;
+  }
+}
+static __device__ __forceinline__ float inv_rms_regs(const float (&v)[NORM_NV], int cols, float eps, float* scratch) {
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < NORM_NV; k++) ss += v[k] * v[k];  // zeros past the row add nothing
+  ss = block_sum(ss, scratch);
+  return rsqrtf(ss / (float)cols + eps);
+}
+static __device__ __forceinline__ bool row_in_regs(int cols) { return cols <= NORM_NV * (int)blockDim.x; }
+
 // bf16 → bf16 (the lightning output norm): y = bf16(w · x · r), one rounding where the reference rounds twice
 // (bf16(w · bf16(x · r))): closer to the exact computation at no cost.
 extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* __restrict__ w, int cols, float eps) {
@@ -61,6 +86,18 @@ extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* _
   const i64 row = blockIdx.x;
   const bf16* xr = x + row * cols;
   bf16* yr = out + row * cols;
+  if (row_in_regs(cols)) {
+    float xv[NORM_NV], wv[NORM_NV];
+    load_row_regs(xv, xr, cols);
+    load_row_regs(wv, w, cols);
+    const float r = inv_rms_regs(xv, cols, eps, scratch);
+#pragma unroll
+    for (int k = 0; k < NORM_NV; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < cols) yr[i] = f2bf(wv[k] * (xv[k] * r));
+    }
+    return;
+  }
   const float r = inv_rms_row(xr, cols, eps, scratch);
   for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = f2bf(bf2f(w[i]) * (bf2f(xr[i]) * r));
 }
@@ -71,6 +108,18 @@ static __device__ void rms_norm_from_f32(TOut* out, const float* x, const bf16* 
   __shared__ float scratch[32];
   const i64 row = blockIdx.x;
   const float* xr = x + row * cols;
+  if (row_in_regs(cols)) {
+    float xv[NORM_NV], wv[NORM_NV];
+    load_row_regs(xv, xr, cols);
+    load_row_regs(wv, w, cols);
+    const float r = inv_rms_regs(xv, cols, eps, scratch);
+#pragma unroll
+    for (int k = 0; k < NORM_NV; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < cols) store_f(out, row * cols + i, wv[k] * (xv[k] * r));
+    }
+    return;
+  }
   const float r = inv_rms_row(xr, cols, eps, scratch);
   for (int i = threadIdx.x; i < cols; i += blockDim.x) store_f(out, row * cols + i, bf2f(w[i]) * (xr[i] * r));
 }
@@ -80,49 +129,66 @@ extern "C" __global__ void rms_norm_f32_f32(float* out, const float* x, const bf
 // The postnorm residual of MODEL.md §7 on the fp32 stream: out = (w ⊙ x · rsqrt(mean(x²) + eps)) · α + branch · β,
 // with the normalised x recomputed in fp32 rather than read back rounded, so rounding does not accumulate across
 // layers. out may alias x. The branch is fp32 (the model's branch outputs) or bf16.
+// With wn (postnorm_residual_norm_*), the new stream is then normalised with wn into hb (bf16) and/or hf (fp32),
+// either may be null: what rms_norm_f32_* would compute from it, in the same launch (decode is launch-bound).
 template <typename TB>
-static __device__ void postnorm_residual(float* out, const float* x, const bf16* w, const TB* branch, int cols, float eps, float alpha, float beta) {
+static __device__ void postnorm_residual(float* out, const float* x, const bf16* w, const TB* branch, int cols, float eps, float alpha, float beta,
+                                         const bf16* wn, float epsn, bf16* hb, float* hf) {
   __shared__ float scratch[32];
   const i64 row = blockIdx.x;
   const float* xr = x + row * cols;
-  const float r = inv_rms_row(xr, cols, eps, scratch);
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    out[row * cols + i] = bf2f(w[i]) * (xr[i] * r) * alpha + load_f(branch, row * cols + i) * beta;
+  float* orow = out + row * cols;
+  if (row_in_regs(cols)) {
+    float xv[NORM_NV], bv[NORM_NV], wv[NORM_NV], nv[NORM_NV];
+    load_row_regs(xv, xr, cols);
+    load_row_regs(bv, branch + row * cols, cols);
+    load_row_regs(wv, w, cols);
+    if (wn) load_row_regs(nv, wn, cols);
+    const float r = inv_rms_regs(xv, cols, eps, scratch);
+#pragma unroll
+    for (int k = 0; k < NORM_NV; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      xv[k] = i < cols ? wv[k] * (xv[k] * r) * alpha + bv[k] * beta : 0.f;
+      if (i < cols) orow[i] = xv[k];
+    }
+    if (!wn) return;
+    const float r2 = inv_rms_regs(xv, cols, epsn, scratch);
+#pragma unroll
+    for (int k = 0; k < NORM_NV; k++) {
+      const int i = threadIdx.x + k * blockDim.x;
+      if (i < cols) {
+        const float v = nv[k] * (xv[k] * r2);
+        if (hb) hb[row * cols + i] = f2bf(v);
+        if (hf) hf[row * cols + i] = v;
+      }
+    }
+    return;
   }
-}
-extern "C" __global__ void postnorm_residual_f32(float* out, const float* x, const bf16* __restrict__ w, const float* __restrict__ branch,
-                                                 int cols, float eps, float alpha, float beta) {
-  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
-}
-extern "C" __global__ void postnorm_residual_bf16(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch,
-                                                  int cols, float eps, float alpha, float beta) {
-  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
-}
-
-// postnorm_residual followed by rms_norm_f32_{bf16,f32} of the new stream with wn (hb / hf may be null): each thread
-// re-reads only the elements it wrote, with the thread layout of the separate kernels, so the outputs are bit-equal
-// to postnorm_residual_* then rms_norm_f32_* — in one launch instead of two or three (decode is launch-bound).
-template <typename TB>
-static __device__ void postnorm_residual_norm(float* out, const float* x, const bf16* w, const TB* branch, int cols, float eps, float alpha, float beta,
-                                              const bf16* wn, float epsn, bf16* hb, float* hf) {
-  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta);
-  __shared__ float scratch2[32];
-  const i64 row = blockIdx.x;
-  const float* xr = out + row * cols;
-  const float r = inv_rms_row(xr, cols, epsn, scratch2);
+  const float r = inv_rms_row(xr, cols, eps, scratch);
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = bf2f(w[i]) * (xr[i] * r) * alpha + load_f(branch, row * cols + i) * beta;
+  if (!wn) return;
+  const float r2 = inv_rms_row(orow, cols, epsn, scratch);  // each thread re-reads only what it wrote
   for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float v = bf2f(wn[i]) * (xr[i] * r);
+    const float v = bf2f(wn[i]) * (orow[i] * r2);
     if (hb) hb[row * cols + i] = f2bf(v);
     if (hf) hf[row * cols + i] = v;
   }
 }
+extern "C" __global__ void postnorm_residual_f32(float* out, const float* x, const bf16* __restrict__ w, const float* __restrict__ branch,
+                                                 int cols, float eps, float alpha, float beta) {
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta, nullptr, 0.f, nullptr, nullptr);
+}
+extern "C" __global__ void postnorm_residual_bf16(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch,
+                                                  int cols, float eps, float alpha, float beta) {
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta, nullptr, 0.f, nullptr, nullptr);
+}
 extern "C" __global__ void postnorm_residual_norm_f32(float* out, const float* x, const bf16* __restrict__ w, const float* __restrict__ branch, int cols,
                                                       float eps, float alpha, float beta, const bf16* __restrict__ wn, float epsn, bf16* hb, float* hf) {
-  postnorm_residual_norm(out, x, w, branch, cols, eps, alpha, beta, wn, epsn, hb, hf);
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta, wn, epsn, hb, hf);
 }
 extern "C" __global__ void postnorm_residual_norm_bf16(float* out, const float* x, const bf16* __restrict__ w, const bf16* __restrict__ branch, int cols,
                                                        float eps, float alpha, float beta, const bf16* __restrict__ wn, float epsn, bf16* hb, float* hf) {
-  postnorm_residual_norm(out, x, w, branch, cols, eps, alpha, beta, wn, epsn, hb, hf);
+  postnorm_residual(out, x, w, branch, cols, eps, alpha, beta, wn, epsn, hb, hf);
 }
 
 extern "C" __global__ void residual_add_bf16(bf16* out, const bf16* res, const bf16* branch, i64 n, float alpha, float beta) {

@@ -44,12 +44,13 @@
 //   lightning_block_kv_bf16              grid (nblk, H)                 256 thr  dyn 2·32·Dh·4 B     scalar, any Dh
 //   lightning_scan_f32                   grid (nseg, H, ⌈Dh²/256⌉)      256 thr  none
 //   lightning_block_out_bf16_d{64,128}   grid (nblk, H, ⌈M/128⌉)        256 thr  dyn (see OutCfg)    tensor cores
-//        128 query rows per CTA, 16 per warp (Q fragments kept in registers); phase 1: S_b → hi/lo bf16 tiles in
+//        128 query rows per CTA, 16 per warp (Q fragments re-read from shared memory, so ≤ 128 registers and two
+//        CTAs per SM: one CTA's loads overlap the other's MMAs); phase 1: S_b → hi/lo bf16 tiles in
 //        shared memory, inter term; phase 2: key tiles of 64 rows (K, V double-buffered by cp.async, plus a table of
 //        the 191 decays a tile pair can need), S = QKᵀ (ldmatrix K), P in registers (FA2 accumulator → A-fragment
 //        reuse), O += P·V (ldmatrix.trans V); a warp skips key steps past its last row.
 //        Shared: Q 128·(Dh+8)·2 + max(S hi/lo 2·Dh·(Dh+8)·2, K/V 4·64·(Dh+8)·2) + 2·192·4 B
-//        = 56,832 B (Dh 64) / 105,984 B (Dh 128): one CTA of 8 warps per SM at Dh 128.
+//        = 56,832 B (Dh 64) / 105,984 B (Dh 128): two CTAs of 8 warps per SM at Dh 128.
 //   lightning_block_out_bf16             grid (nblk, H, ⌈M/BM⌉)         256 thr  dyn (see below)     scalar, any Dh
 //        BM = clamp(⌊2048/Dh⌋, 1, 128) query rows per CTA (passed in; each thread owns ≤ 8 (row, dim) outputs);
 //        key tiles of 32 rows; shared fp32 Q[BM][Dh], K[32][Dh+1], V[32][Dh], P[BM][32].
