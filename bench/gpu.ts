@@ -37,7 +37,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import os from 'node:os';
-import { execFileSync } from 'node:child_process';
 import { CudaBackend } from '../src/backend/cuda/cuda-backend.js';
 import { CudaContext } from '../src/backend/cuda/driver.js';
 import { MiniMax01 } from '../src/model/minimax01.js';
@@ -46,6 +45,7 @@ import { Rng } from '../src/engine/sampling.js';
 import { fixtureParity } from '../test/helpers/gpu-parity.js';
 import { decodeBytesPerToken, randomWeights, sliceConfig } from './slice.js';
 import { KERNEL_METRICS, kernelBenchmarks } from './kernels.js';
+import { gitCommit, median } from './common.js';
 
 const PEAK_BW = 4.28e12;
 /** Measured bf16 dense GEMM rate of the H200 (docs/gpu-notes.md). */
@@ -83,20 +83,6 @@ const FIXTURE_METRICS = ['gpu_fixture_logits_max_rel_err', 'gpu_fixture_logits_m
 const SLICE_METRICS = ['slice_decode_tokens_per_s_b1', 'slice_decode_bw_fraction_b1', 'slice_decode_tokens_per_s_b64', 'slice_prefill_tokens_per_s_n4k', 'slice_prefill_mfu_n32k'];
 /** Units whose smaller values are better: speedup = theirs ÷ ours. */
 const TIME_UNITS = new Set(['ms', 's', 'us', 'µs', 'ns']);
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-function gitCommit(): string {
-  if (process.env.LMOE_COMMIT) return process.env.LMOE_COMMIT;
-  try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim() || 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
 
 function loadBaselines(log: (s: string) => void): BaselineFile | undefined {
   const file = process.env.LMOE_BASELINES;

@@ -25,6 +25,7 @@
 import type { AttentionSegment, LightningSegment, Tensor } from '../src/backend/backend.js';
 import type { CudaBackend, CudaTensor } from '../src/backend/cuda/cuda-backend.js';
 import { lightningSlopes } from '../src/model/slopes.js';
+import { median } from './common.js';
 
 export interface KernelResult {
   name: string;
@@ -44,10 +45,6 @@ const MIN_GROUP_MS = 50;
 
 // ------------------------------------------------------------------------------------------------ helpers
 
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 interface Timing {
   /** Median over the groups of the mean time per call. */
