@@ -194,4 +194,17 @@ export interface Backend {
   resetGraphs?(): void;
   /** Releases backend-wide resources (graphs, pools). */
   dispose?(): void;
+  /**
+   * Device memory in bytes: `total` of the device; `free` for new allocations (on CUDA the driver's free memory plus
+   * the blocks the caching allocator keeps for reuse, which it gives back when an allocation needs them); `used` by
+   * this backend's live allocations. `free + used` is what lightning-moe can have in all. Absent on backends without
+   * a device memory limit (the CPU).
+   */
+  memoryInfo?(): DeviceMemoryInfo;
+}
+
+export interface DeviceMemoryInfo {
+  readonly free: number;
+  readonly total: number;
+  readonly used: number;
 }

@@ -1,10 +1,12 @@
 /**
- * Pieces shared by the CLI commands: the --model/--device options, sampling flags, and loading a model with a
- * progress bar on stderr (only when stderr is a terminal, so pipes and --json output stay clean).
+ * Pieces shared by the CLI commands: the --model/--device options, sampling and prefill flags, loading a model with
+ * a progress bar on stderr, and prefill progress on stderr (both only when stderr is a terminal or when asked for,
+ * so pipes and --json output stay clean; stdout never carries progress).
  */
 
 import { loadModel, type Device, type Model } from '../engine/model.js';
-import type { GenerateOptions } from '../engine/generate.js';
+import type { GenerateOptions, PrefillProgress } from '../engine/generate.js';
+import { formatCount } from '../util/units.js';
 import { int, idList, list, num, str, UsageError, type OptionSpec } from './args.js';
 
 export const MODEL_OPTIONS: OptionSpec = {
@@ -39,6 +41,15 @@ export const SAMPLING_HELP = `  -n, --max-tokens N     most tokens to generate (
       --stop-token-id ID stop at this token id (repeatable)
       --ignore-eos       keep generating through end-of-sequence tokens`;
 
+export const PREFILL_OPTIONS: OptionSpec = {
+  'prefill-chunk': { type: 'string' },
+  progress: { type: 'boolean' },
+};
+
+export const PREFILL_HELP = `      --prefill-chunk N  prompt tokens per forward pass (default: from the memory plan, at most 8192)
+      --progress         report prefill progress on stderr for every prompt (default: on a terminal, for
+                         prompts of ${formatCount(8192)} tokens or more)`;
+
 type Values = Record<string, string | boolean | string[] | undefined>;
 
 export function requireModel(v: Values, command: string): string {
@@ -65,6 +76,73 @@ export function samplingOptions(v: Values, command: string): GenerateOptions {
     stopTokenIds: stopIds.length > 0 ? stopIds : undefined,
     ignoreEos: v['ignore-eos'] === true,
   };
+}
+
+/** The --prefill-chunk option as GenerateOptions. */
+export function prefillOptions(v: Values, command: string): Pick<GenerateOptions, 'prefillChunkSize'> {
+  return { prefillChunkSize: int(v['prefill-chunk'], 'prefill-chunk', 1, command) };
+}
+
+/** Prompts at least this long get a progress line on a terminal without --progress; shorter ones finish quickly. */
+export const PROGRESS_MIN_TOKENS = 8192;
+/** Least time between two progress lines (the last one is always printed). */
+const PROGRESS_INTERVAL_MS = 500;
+
+/**
+ * Prefill progress on stderr, fed by GenerateOptions.onPrefillProgress: on a terminal one line updated in place
+ * (prompts of PROGRESS_MIN_TOKENS or more, or any with --progress); elsewhere plain lines, only with --progress.
+ * At most one line per 0.5 s, plus the final one.
+ */
+export class PrefillProgressLine {
+  private lastMs = Number.NEGATIVE_INFINITY;
+  private open = false;
+
+  constructor(
+    /** --progress was given. */
+    private readonly forced: boolean,
+    private readonly tty = process.stderr.isTTY === true,
+    private readonly write: (text: string) => void = (text) => void process.stderr.write(text),
+  ) {}
+
+  /** The onPrefillProgress callback. */
+  readonly update = (p: PrefillProgress): void => {
+    if (!this.forced && !(this.tty && p.total >= PROGRESS_MIN_TOKENS)) return;
+    const now = performance.now();
+    const last = p.done >= p.total;
+    if (!last && now - this.lastMs < PROGRESS_INTERVAL_MS) return;
+    this.lastMs = now;
+    const line = formatPrefillProgress(p);
+    if (this.tty) {
+      this.write(`\r\x1b[K${line}${last ? '\n' : ''}`);
+      this.open = !last;
+    } else {
+      this.write(line + '\n');
+    }
+  };
+
+  /** Ends a terminal line left open by a prefill cut short (an abort or an error). */
+  end(): void {
+    if (!this.open) return;
+    this.open = false;
+    this.write('\n');
+  }
+}
+
+/** "prefill 65,536/4,194,304 tokens (1.6%), 51,234 tokens/s, ETA 1m 20s" (at the end: "…, 4.2 s"). */
+export function formatPrefillProgress(p: PrefillProgress): string {
+  const pct = p.total > 0 ? (100 * p.done) / p.total : 100;
+  const rate = `${formatCount(Math.round(p.tokensPerSecond))} tokens/s`;
+  const when = p.done >= p.total ? `done in ${duration(p.done / p.tokensPerSecond)}` : `ETA ${duration(p.etaSeconds)}`;
+  return `prefill ${formatCount(p.done)}/${formatCount(p.total)} tokens (${pct.toFixed(1)}%), ${rate}, ${when}`;
+}
+
+function duration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '?';
+  if (seconds < 10) return `${seconds.toFixed(1)} s`;
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
 }
 
 /** Loads the model, drawing a progress bar on stderr when it is a terminal. */

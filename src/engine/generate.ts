@@ -7,6 +7,7 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { IncrementalDecoder } from '../tokenizer/index.js';
 import { AbortError, InternalError, InvalidArgumentError } from '../util/errors.js';
+import { MAX_PREFILL_CHUNK } from './memory-plan.js';
 import { Sampler, type SamplingParams } from './sampling.js';
 import type { Session } from './session.js';
 import { StopStringMatcher } from './stop.js';
@@ -20,12 +21,35 @@ export interface GenerateOptions extends SamplingParams {
   readonly stopTokenIds?: readonly number[];
   /** Keep generating through EOS tokens (benchmarks, parity checks). Default false. */
   readonly ignoreEos?: boolean;
-  /** Tokens per prefill forward pass; bounds activation memory for long prompts. Default 2048. */
+  /**
+   * Tokens per prefill forward pass; bounds activation memory for long prompts. Default: from the memory plan
+   * (src/engine/memory-plan.ts), MAX_PREFILL_CHUNK (8192) unless the device is short of memory.
+   */
   readonly prefillChunkSize?: number;
-  /** Cancels generation between forward passes; the promise / iterator rejects with AbortError. */
+  /**
+   * Cancels generation between forward passes (prefill chunks and decode steps); the promise / iterator rejects
+   * with AbortError.
+   */
   readonly signal?: AbortSignal;
+  /**
+   * Called after each prefill chunk with the prompt tokens done so far (the last call has done = total). On the GPU
+   * work is queued asynchronously, so a call can run slightly ahead of the device.
+   */
+  readonly onPrefillProgress?: (progress: PrefillProgress) => void;
   /** Include the log-probability of each sampled token in stream events. Default false. */
   readonly logprobs?: boolean;
+}
+
+/** Progress of a prompt's prefill, reported after each chunk. */
+export interface PrefillProgress {
+  /** Prompt tokens prefilled so far. */
+  readonly done: number;
+  /** Prompt tokens in all. */
+  readonly total: number;
+  /** done / seconds since the prefill started. */
+  readonly tokensPerSecond: number;
+  /** (total − done) / tokensPerSecond: 0 at the end. */
+  readonly etaSeconds: number;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -70,6 +94,12 @@ export interface GenerationContext {
   readonly decoder: IncrementalDecoder | undefined;
   /** Upper bound on prompt + generated tokens. */
   readonly maxContext: number;
+  /**
+   * Called once before the prefill with the context the request needs (prompt + maxTokens) and the caller's chunk
+   * size: checks that it fits in memory (a CapacityError when not), reserves the caches, and returns the prefill
+   * chunk size to use. Without it, the caller's chunk size or MAX_PREFILL_CHUNK.
+   */
+  readonly preparePrefill?: (contextTokens: number, prefillChunkSize: number | undefined) => number;
 }
 
 export function validateGenerateOptions(o: GenerateOptions): void {
@@ -104,7 +134,6 @@ export async function* generateStream(ctx: GenerationContext, options: GenerateO
   const stopIds = new Set<number>([...(options.ignoreEos ? [] : ctx.eosTokenIds), ...(options.stopTokenIds ?? [])]);
   const stops = new StopStringMatcher(options.stop ?? []);
   const signal = options.signal;
-  const chunk = options.prefillChunkSize ?? 2048;
   // On a backend that samples on the device only the token id crosses to the host each step; logprobs need the
   // full row on the host, so they keep the host sampler.
   const onDevice = session.canSampleOnDevice && !options.logprobs;
@@ -118,6 +147,8 @@ export async function* generateStream(ctx: GenerationContext, options: GenerateO
   const checkAbort = (): void => {
     if (signal?.aborted) throw new AbortError('generation was aborted');
   };
+  checkAbort(); // before reserving anything
+  const chunk = ctx.preparePrefill?.(prompt.length + maxTokens, options.prefillChunkSize) ?? options.prefillChunkSize ?? MAX_PREFILL_CHUNK;
 
   /** Feeds `tokens` and returns the next token (and its logprob when requested). */
   const step = (tokens: readonly number[], index: number): { id: number; logprob?: number } => {
@@ -127,15 +158,25 @@ export async function* generateStream(ctx: GenerationContext, options: GenerateO
     return options.logprobs ? { id, logprob: logSoftmaxAt(logits, id) } : { id };
   };
 
-  // Prefill all but the last chunk without logits; the last chunk yields the first token.
+  const prefillStarted = performance.now();
+  const reportPrefill = (done: number): void => {
+    if (!options.onPrefillProgress) return;
+    const tokensPerSecond = done / Math.max((performance.now() - prefillStarted) / 1000, 1e-9);
+    options.onPrefillProgress({ done, total: prompt.length, tokensPerSecond, etaSeconds: (prompt.length - done) / tokensPerSecond });
+  };
+
+  // Prefill all but the last chunk without logits; the last chunk yields the first token. Yielding to the event
+  // loop between chunks lets an abort (a timer, a client disconnect, Ctrl-C) land before the next chunk starts.
   let i = 0;
   for (; i + chunk < prompt.length; i += chunk) {
     checkAbort();
     session.append(prompt.slice(i, i + chunk), { logits: 'none' });
+    reportPrefill(i + chunk);
     await yieldToEventLoop();
   }
   checkAbort();
   let next = step(prompt.slice(i), 0);
+  reportPrefill(prompt.length);
 
   let generated = 0;
   let finishReason: FinishReason = 'length';

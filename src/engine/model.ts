@@ -22,6 +22,7 @@ import { Tokenizer, type ChatMessage, type ChatTemplateOptions } from '../tokeni
 import { Checkpoint } from '../weights/checkpoint.js';
 import { ConfigError, DisposedError, InvalidArgumentError, TokenizerError } from '../util/errors.js';
 import { generateAll, generateStream, type GenerateOptions, type GenerationContext, type GenerationResult, type StreamEvent } from './generate.js';
+import { preparePrefill } from './prefill-memory.js';
 import { Session } from './session.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
 
@@ -227,6 +228,7 @@ export class Model {
       eosTokenIds: this.eosTokenIds,
       decoder: this.tok?.createDecoder({ skipSpecialTokens: true }),
       maxContext: this.config.maxPositionEmbeddings,
+      preparePrefill: (contextTokens, chunk) => preparePrefill(this.net, session, contextTokens, chunk).prefillChunk,
     };
   }
 

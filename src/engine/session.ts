@@ -45,6 +45,20 @@ export class Session {
     return logitRows(r.logits, r.rows, r.vocabSize);
   }
 
+  /**
+   * Makes room in the KV cache for `tokens` positions now, growing the pool in one allocation to exactly what is
+   * needed, so that a long prefill never regrows (and copies) it midway. A CapacityError when the pool cannot.
+   */
+  reserve(tokens: number): void {
+    if (this.disposed) throw new DisposedError('Session');
+    this.state.reserve(tokens, 'exact');
+  }
+
+  /** KV cache blocks this sequence holds. */
+  get kvBlocks(): number {
+    return this.state.kvBlocks;
+  }
+
   /** True when the backend samples on the device (only token ids cross to the host). */
   get canSampleOnDevice(): boolean {
     return this.model.canSampleOnDevice;

@@ -9,8 +9,11 @@
  *    memory follows the tokens actually held, with no per-sequence over-allocation beyond one partial block.
  *
  * The KV pools start at `initialKvBlocks` and, when `maxKvBlocks` is larger, grow by doubling (copying the pools)
- * as sequences need more; a server sizes them once at start-up instead (initial = max). Block ids stay valid
- * across growth, and the pools' addresses reach the kernels through per-step metadata, so CUDA graphs survive it.
+ * as sequences need more; a server sizes them once at start-up instead (initial = max). A long prefill reserves
+ * its whole context up front with exact growth, so the pool is not regrown (and copied) in the middle of it. When
+ * no block is in use, growth frees the old pools before allocating the new ones (there is nothing to copy), so the
+ * two are never held at once. Block ids stay valid across growth, and the pools' addresses reach the kernels
+ * through per-step metadata, so CUDA graphs survive it.
  */
 
 import { KV_BLOCK_SIZE, type Backend, type Tensor } from '../backend/backend.js';
@@ -67,6 +70,11 @@ export class CachePool {
     return this.slotsInUse;
   }
 
+  /** Lightning state slots whose states are allocated (in use or kept for reuse). */
+  get slotsAllocated(): number {
+    return this.slots.filter((s) => s !== undefined).length;
+  }
+
   get maxSequences(): number {
     return this.options.maxSequences;
   }
@@ -120,15 +128,27 @@ export class CachePool {
     return s;
   }
 
-  /** @internal Returns `count` block ids, growing the pools if needed; undefined when they cannot be had. */
-  takeBlocks(count: number): number[] | undefined {
+  /**
+   * @internal Returns `count` block ids, growing the pools if needed (by doubling, or to exactly what is needed
+   * when `exact`); undefined when they cannot be had.
+   */
+  takeBlocks(count: number, exact = false): number[] | undefined {
     if (count <= 0) return [];
     if (count > this.kvBlocksAvailable) return undefined;
     if (count > this.freeBlocks.length) {
       const need = this.blocks + count - this.freeBlocks.length;
-      this.grow(Math.min(this.options.maxKvBlocks, Math.max(need, this.blocks * 2, 16)));
+      this.grow(exact ? need : Math.min(this.options.maxKvBlocks, Math.max(need, this.blocks * 2, 16)));
     }
     return this.freeBlocks.splice(this.freeBlocks.length - count, count);
+  }
+
+  /**
+   * What taking `count` more blocks with exact growth would hold: the pool's blocks afterwards, and the old blocks
+   * held alongside the new pools while growing (only when some are in use and must be copied).
+   */
+  kvGrowthFor(count: number): { blocksAfter: number; heldWhileGrowing: number } {
+    if (!this.hasSoftmaxLayers || count <= this.freeBlocks.length) return { blocksAfter: this.blocks, heldWhileGrowing: 0 };
+    return { blocksAfter: this.blocks + count - this.freeBlocks.length, heldWhileGrowing: this.kvBlocksUsed > 0 ? this.blocks : 0 };
   }
 
   /** @internal */
@@ -163,15 +183,22 @@ export class CachePool {
     }
   }
 
-  /** Resizes the pools to `blocks` blocks, keeping the rows of the existing blocks. */
+  /** Resizes the pools to `blocks` blocks, keeping the rows of the existing blocks when any is in use. */
   private grow(blocks: number): void {
     if (blocks <= this.blocks) return;
     const { numKvHeads: Hkv, headDim: Dh } = this.config;
     const b = this.backend;
     const rows = blocks * KV_BLOCK_SIZE;
+    const copy = this.kvBlocksUsed > 0;
     for (let l = 0; l < this.pools.length; l++) {
       if (this.config.layerTypes[l] !== 'softmax') continue;
-      const old = this.pools[l];
+      let old = this.pools[l];
+      if (old && !copy) {
+        // Nothing to keep: free first, so that the old and the new pools are never held together.
+        b.free(old.k);
+        b.free(old.v);
+        old = undefined;
+      }
       const k = b.alloc([rows, Hkv, Dh], this.options.kvDType), v = b.alloc([rows, Hkv, Dh], this.options.kvDType);
       if (old && this.blocks > 0) {
         const keep = [this.blocks * KV_BLOCK_SIZE, Hkv, Dh];
@@ -230,13 +257,16 @@ export class SequenceState {
     return kvBlocksFor(tokens) - this.blocks.length <= this.pool.kvBlocksAvailable;
   }
 
-  /** Makes room for `tokens` cache rows in every softmax layer; a CapacityError when the pool is exhausted. */
-  reserve(tokens: number): void {
+  /**
+   * Makes room for `tokens` cache rows in every softmax layer; a CapacityError when the pool is exhausted. The
+   * pool grows by doubling, or with `growth` 'exact' to just what is needed (one allocation for a long context).
+   */
+  reserve(tokens: number, growth: 'double' | 'exact' = 'double'): void {
     this.ensureLive();
     if (!this.pool.hasSoftmaxLayers) return;
     const need = kvBlocksFor(Math.max(tokens, 1)) - this.blocks.length;
     if (need <= 0 && this.table) return;
-    const ids = this.pool.takeBlocks(need);
+    const ids = this.pool.takeBlocks(need, growth === 'exact');
     if (!ids) {
       throw new CapacityError(
         `the KV cache is full: ${tokens} tokens need ${kvBlocksFor(tokens)} blocks of ${KV_BLOCK_SIZE}, ${this.blocks.length} held and ${this.pool.kvBlocksAvailable} free`,

@@ -84,8 +84,8 @@ export class MiniMax01 {
     readonly config: ModelConfig,
     readonly backend: Backend,
     readonly weights: ModelWeights,
-    /** Activation dtype of the backend's scratch buffers. */
-    private readonly actDType: DType = 'f32',
+    /** Activation dtype of the backend's scratch buffers (and of the KV cache). */
+    readonly actDType: DType = 'f32',
     cache: CacheOptions = {},
   ) {
     this.ws = new Workspace(backend);

@@ -9,7 +9,7 @@
  * into the pinned ring at the same offsets and launches nothing; the graph's copy nodes pick the new values up.
  */
 
-import type { AttentionSegment, Backend, DType, LightningSegment, NormAfter, SampleParams, Tensor } from '../backend.js';
+import type { AttentionSegment, Backend, DeviceMemoryInfo, DType, LightningSegment, NormAfter, SampleParams, Tensor } from '../backend.js';
 import { DTYPE_BYTES, type StDType } from '../../weights/safetensors.js';
 import { decodeToFloat32, f32ToBf16 } from '../../util/dtype.js';
 import { InternalError, ShapeError, UnsupportedError } from '../../util/errors.js';
@@ -270,6 +270,13 @@ export class CudaBackend implements Backend, OpRuntime {
   free(t: Tensor): void {
     const c = asCuda(t, 'free');
     if (c.owner) this.allocator.free(c.ptr);
+  }
+
+  /** cuMemGetInfo's free bytes plus the allocator's cached blocks (released on demand), and the bytes in use. */
+  memoryInfo(): DeviceMemoryInfo {
+    const { free, total } = this.ctx.memInfo();
+    const s = this.allocator.stats();
+    return { free: free + s.cachedBytes, total, used: s.usedBytes };
   }
 
   synchronize(): void {

@@ -8,7 +8,10 @@ import readline from 'node:readline';
 import type { ChatMessage } from '../../tokenizer/index.js';
 import { AbortError } from '../../util/errors.js';
 import { parse, str } from '../args.js';
-import { device, loadWithProgress, MODEL_HELP, MODEL_OPTIONS, requireModel, SAMPLING_HELP, SAMPLING_OPTIONS, samplingOptions, writeOut } from '../common.js';
+import {
+  device, loadWithProgress, MODEL_HELP, MODEL_OPTIONS, PREFILL_HELP, PREFILL_OPTIONS, PrefillProgressLine, prefillOptions, requireModel, SAMPLING_HELP,
+  SAMPLING_OPTIONS, samplingOptions, writeOut,
+} from '../common.js';
 
 export const help = `Usage: lmoe chat --model DIR [--system TEXT] [options]
 
@@ -19,18 +22,19 @@ Options:
 ${MODEL_HELP}
   -s, --system TEXT      system prompt
 ${SAMPLING_HELP}
+${PREFILL_HELP}
 
 Example:
   lmoe chat --model ./MiniMax-M1-40k --system "You are terse." --temperature 0.7`;
 
 export async function run(argv: string[]): Promise<number> {
-  const v = parse('chat', argv, { ...MODEL_OPTIONS, ...SAMPLING_OPTIONS, system: { type: 'string', short: 's' } });
+  const v = parse('chat', argv, { ...MODEL_OPTIONS, ...SAMPLING_OPTIONS, ...PREFILL_OPTIONS, system: { type: 'string', short: 's' } });
   if (v.help) {
     await writeOut(help + '\n');
     return 0;
   }
   const dir = requireModel(v, 'chat');
-  const options = samplingOptions(v, 'chat');
+  const options = { ...samplingOptions(v, 'chat'), ...prefillOptions(v, 'chat') };
   const model = await loadWithProgress(dir, device(v, 'chat'));
   const system = str(v.system);
   const history: ChatMessage[] = system ? [{ role: 'system', content: system }] : [];
@@ -59,15 +63,17 @@ export async function run(argv: string[]): Promise<number> {
       }
       history.push({ role: 'user', content: line });
       replying = new AbortController();
+      const progress = new PrefillProgressLine(v.progress === true);
       let reply = '';
       try {
-        for await (const ev of model.chatStream(history, { ...options, signal: replying.signal })) {
+        for await (const ev of model.chatStream(history, { ...options, signal: replying.signal, onPrefillProgress: progress.update })) {
           if (ev.text) {
             reply += ev.text;
             process.stdout.write(ev.text);
           }
         }
       } catch (e) {
+        progress.end();
         if (!(e instanceof AbortError)) throw e;
         process.stdout.write(' [stopped]');
       } finally {

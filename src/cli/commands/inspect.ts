@@ -1,6 +1,7 @@
 /**
  * `lmoe inspect`: what a checkpoint (or a bare config.json) describes — architecture summary, parameter counts,
  * weight memory per dtype, per-sequence cache sizes, and, when weights are present, what the shards hold.
+ * With --context: the device memory plan for that context (engine/memory-plan.ts) and whether it fits.
  * Reads config.json and safetensors headers only; no weights are loaded.
  */
 
@@ -8,25 +9,39 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { loadModelConfig, parseModelConfig, readJsonFile, type ModelConfig } from '../../config/config.js';
 import { cacheSizes, countParameters, WEIGHT_DTYPES, weightBytes, type WeightDType } from '../../config/size.js';
+import { planMemory } from '../../engine/memory-plan.js';
 import { ConfigError } from '../../util/errors.js';
+import { formatBytes, parseByteSize, parseTokenCount } from '../../util/units.js';
 import { Checkpoint } from '../../weights/checkpoint.js';
-import { parse, str, UsageError } from '../args.js';
+import { int, parse, str, UsageError } from '../args.js';
 import { writeOut } from '../common.js';
+import { formatPlan } from '../plan-table.js';
 
-export const help = `Usage: lmoe inspect (--model DIR | --config FILE) [--json]
+export const help = `Usage: lmoe inspect (--model DIR | --config FILE) [--context SIZE [plan options]] [--json]
 
 Summarises a MiniMax-01 checkpoint without loading its weights: layers, heads, experts, parameter count,
 weight memory per dtype (routers stay fp32), lightning-state and KV-cache sizes, and the shards present.
 
-Options:
-  -m, --model DIR        checkpoint directory (or a config.json file)
-      --config FILE      a config.json file on its own
-      --json             machine-readable output
-      --verbose          print stack traces on errors
-  -h, --help             show this help
+With --context, prints instead the GPU memory plan for that context (bf16 weights and KV cache, as the CUDA
+backend stores them): weights by group, KV cache, lightning states, activations of one prefill chunk, a fixed
+reserve, the total, the prefill chunk size, and whether it fits the device.
 
-Example:
-  lmoe inspect --config ./MiniMax-Text-01/config.json`;
+Options:
+  -m, --model DIR          checkpoint directory (or a config.json file)
+      --config FILE        a config.json file on its own
+      --context SIZE       tokens of context per sequence: 65536, 64K, 1M, 1.5M, 4M (K, M = 2^10, 2^20)
+      --sequences N        sequences held at once, each with the full context (default 1)
+      --prefill-chunk N    tokens per prefill pass (default: the largest power of two from 256 to 8192 that fits)
+      --device-memory SIZE device memory to fit in, e.g. 141GB or 139.7GiB (SI and IEC units, or bytes)
+      --device cuda        fit in the memory the GPU has free now (what lightning-moe could use)
+                           (without --device-memory or --device, the plan is printed without a verdict)
+      --json               machine-readable output (with --context: the plan object)
+      --verbose            print stack traces on errors
+  -h, --help               show this help
+
+Examples:
+  lmoe inspect --config ./MiniMax-Text-01/config.json
+  lmoe inspect --model ./MiniMax-Text-01 --context 4M --device-memory 139.7GiB`;
 
 export interface InspectReport {
   modelType: string;
@@ -44,6 +59,11 @@ export async function run(argv: string[]): Promise<number> {
   const v = parse('inspect', argv, {
     model: { type: 'string', short: 'm' },
     config: { type: 'string' },
+    context: { type: 'string' },
+    sequences: { type: 'string' },
+    'prefill-chunk': { type: 'string' },
+    'device-memory': { type: 'string' },
+    device: { type: 'string' },
     json: { type: 'boolean' },
     verbose: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
@@ -54,8 +74,24 @@ export async function run(argv: string[]): Promise<number> {
   }
   const target = str(v.config) ?? str(v.model);
   if (!target || (v.config !== undefined && v.model !== undefined)) throw new UsageError('give exactly one of --model DIR or --config FILE', 'inspect');
+  const planFlags = planOptions(v);
   const stat = await fs.stat(target).catch(() => undefined);
   if (!stat) throw new ConfigError(`${target}: no such file or directory`, { file: target });
+  if (planFlags) {
+    const config = stat.isDirectory() ? await loadModelConfig(target) : parseModelConfig(await readJsonFile(target, ConfigError), path.basename(target));
+    const device = planFlags.deviceMemory !== undefined
+      ? { bytes: planFlags.deviceMemory, note: `--device-memory ${str(v['device-memory'])}` }
+      : planFlags.readDevice ? await cudaMemory() : undefined;
+    const plan = planMemory({
+      config,
+      contextTokens: planFlags.contextTokens,
+      sequences: planFlags.sequences,
+      prefillChunk: planFlags.prefillChunk,
+      deviceBytes: device?.bytes,
+    });
+    await writeOut((v.json ? JSON.stringify(plan, null, 2) : formatPlan(plan, config, device?.note)) + '\n');
+    return 0;
+  }
   let config: ModelConfig;
   let report: InspectReport;
   if (stat.isDirectory()) {
@@ -78,6 +114,58 @@ export async function run(argv: string[]): Promise<number> {
   }
   await writeOut(v.json ? JSON.stringify(report, null, 2) + '\n' : format(report) + '\n');
   return 0;
+}
+
+interface PlanFlags {
+  readonly contextTokens: number;
+  readonly sequences: number | undefined;
+  readonly prefillChunk: number | undefined;
+  readonly deviceMemory: number | undefined;
+  /** --device cuda: fit in what the GPU has free. */
+  readonly readDevice: boolean;
+}
+
+/** The --context plan flags, or undefined without --context; a UsageError naming the flag for a bad value. */
+function planOptions(v: Record<string, unknown>): PlanFlags | undefined {
+  const context = str(v.context);
+  if (context === undefined) {
+    const stray = ['sequences', 'prefill-chunk', 'device-memory', 'device'].find((f) => v[f] !== undefined);
+    if (stray) throw new UsageError(`--${stray} needs --context SIZE (it sets up a memory plan)`, 'inspect');
+    return undefined;
+  }
+  const sized = (flag: string, parse: (s: string) => number): number | undefined => {
+    const s = str(v[flag]);
+    if (s === undefined) return undefined;
+    try {
+      return parse(s);
+    } catch (e) {
+      throw new UsageError(`--${flag}: ${(e as Error).message}`, 'inspect');
+    }
+  };
+  const device = str(v.device);
+  if (device !== undefined && device !== 'cuda') throw new UsageError(`--device: expected cuda (to read the GPU's free memory), got "${device}"`, 'inspect');
+  if (device !== undefined && v['device-memory'] !== undefined) throw new UsageError('give at most one of --device-memory SIZE or --device cuda', 'inspect');
+  return {
+    contextTokens: sized('context', parseTokenCount)!,
+    sequences: int(v.sequences, 'sequences', 1, 'inspect'),
+    prefillChunk: int(v['prefill-chunk'], 'prefill-chunk', 1, 'inspect'),
+    deviceMemory: sized('device-memory', parseByteSize),
+    readDevice: device === 'cuda',
+  };
+}
+
+/** What lightning-moe could use on GPU 0 now: the free memory as the CUDA backend reports it (context excluded). */
+async function cudaMemory(): Promise<{ bytes: number; note: string }> {
+  const { createBackend } = await import('../../backends.js');
+  const choice = await createBackend('cuda');
+  try {
+    const info = choice.backend.memoryInfo?.();
+    if (!info) throw new UsageError('--device cuda: the backend does not report its memory', 'inspect');
+    const bytes = info.free + info.used;
+    return { bytes, note: `free on ${choice.deviceName} (of ${formatBytes(info.total)})` };
+  } finally {
+    choice.backend.dispose?.();
+  }
 }
 
 async function hasWeights(dir: string): Promise<boolean> {

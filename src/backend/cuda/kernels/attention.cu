@@ -64,7 +64,7 @@
 // 32K tokens, H 64 / Hkv 8: 3.72 TB/s of cache read (3.75; H200 copy rate ~4.3); one 1M-token sequence with a single
 // kv head (32 CTAs): 479 µs (477). Block order (shuffled or in order) made no difference.
 //
-// The number of splits is a host constant (ops/attention.ts ATTN_DECODE_SPLITS): decode launch shapes never depend
+// The number of splits is chosen on the host from the batch and kv heads only (ops/attention.ts decodeSplits): decode launch shapes never depend
 // on context length, so decode steps can be captured in CUDA graphs; every pointer (pools, block tables) reaches the
 // kernels through the per-step metadata tables, so a replay follows block tables that moved or grew.
 

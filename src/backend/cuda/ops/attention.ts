@@ -10,7 +10,8 @@
  * Prefill segments: a flash-attention kernel over (query tile of 64 rows, head, segment) with tensor cores for
  * Dh = 64 / 128, no N×N matrix in memory; any other Dh ≤ 256 takes a scalar kernel (a warp per query row).
  * Decode segments (one query): a split-K kernel over (segment, kv head, split) writing partial (max, sum, output)
- * per split and query head, then a reduce kernel. The number of splits is fixed, so a decode step's launches do not
+ * per split and query head, then a reduce kernel. The number of splits depends on the batch and kv heads only (see
+ * decodeSplits), so a decode step's launches do not
  * depend on the context length (CUDA graphs); each split covers max(⌈n / splits⌉, 256) keys rounded up to a multiple
  * of 64 (a whole number of blocks), so short contexts leave the last splits empty (they only write m = −inf, l = 0,
  * and the reduce skips them).
@@ -27,6 +28,19 @@ import { ShapeError, UnsupportedError } from '../../../util/errors.js';
 import { f32, i32, type OpRuntime } from '../runtime.js';
 
 export const ATTN_DECODE_SPLITS = 32;
+const MAX_DECODE_SPLITS = 512;
+
+/**
+ * Splits per (segment, kv head): at least ATTN_DECODE_SPLITS, and enough CTAs for ~4 per SM when there are few
+ * segments × kv heads (a TP8-share model has 1 kv head: 32 CTAs would read a 4M-token cache on 32 SMs). It depends
+ * on the batch and the heads only, never on the context, so a decode step's launch shapes stay graph-stable.
+ */
+export function decodeSplits(nseg: number, Hkv: number, sms: number): number {
+  const want = Math.ceil((4 * sms) / (nseg * Hkv));
+  let s = ATTN_DECODE_SPLITS;
+  while (s < want && s < MAX_DECODE_SPLITS) s *= 2;
+  return s;
+}
 
 /** Query rows per CTA of the tensor-core prefill kernel, and per CTA (one per warp) of the generic kernels. */
 const PREFILL_TILE = 64;
@@ -108,7 +122,7 @@ export function attentionDecode(rt: OpRuntime, o: CudaTensor, q: CudaTensor, seg
   checkHeads(H, Hkv, Dh);
   checkPagedSegments(segs, Hkv, Dh, 'attention');
   const t = segmentTables(rt, segs);
-  const splits = ATTN_DECODE_SPLITS;
+  const splits = decodeSplits(segs.length, Hkv, rt.ctx.info.multiprocessors);
   const partO = rt.scratch('attn.partO', segs.length * H * splits * Dh * 4);
   const partML = rt.scratch('attn.partML', segs.length * H * splits * 2 * 4);
   const args = [partO, partML, q.ptr, t.starts, t.pasts, t.kc, t.vc, t.bt, i32(H), i32(Hkv), i32(Dh), f32(scale), i32(splits)];

@@ -17,8 +17,9 @@ import type { CudaTensor } from '../cuda-backend.js';
 import { UnsupportedError } from '../../../util/errors.js';
 import { i32, type OpRuntime } from '../runtime.js';
 
-const MAX_WORKSPACE_BYTES = 1 << 30;
-const MAX_GROUP_BLOCKS = 1 << 16;
+/** Cap of the per-block state workspace of one prefill group (exported for the memory planner's check). */
+export const MAX_WORKSPACE_BYTES = 1 << 30;
+export const MAX_GROUP_BLOCKS = 1 << 16;
 const MAX_DH = 256;
 const THREADS = 256;
 
