@@ -210,10 +210,15 @@ function rope(x: Float64Array, T: number, heads: number, d: number, r: number, t
   }
 }
 
-/** §9: causal softmax GQA attention with partial RoPE; positions are 0..T−1. */
-function softmaxAttn(c: RefConfig, W: (n: string) => Float64Array, p: string, h1: Float64Array, T: number): Float64Array {
+/**
+ * §9: causal softmax GQA attention with partial RoPE; positions are 0..T−1. Outputs rows `from`..T−1 only (keys and
+ * values still cover every position): the last layer of a `lastOnly` pass needs one query, which keeps a 64K-token
+ * reference linear in T.
+ */
+function softmaxAttn(c: RefConfig, W: (n: string) => Float64Array, p: string, h1: Float64Array, T: number, from = 0): Float64Array {
   const D = c.hiddenSize, H = c.numHeads, KV = c.numKvHeads, d = c.headDim;
-  const q = linear(h1, T, D, W(`${p}.self_attn.q_proj.weight`), H * d);
+  const q = new Float64Array(T * H * d);
+  q.set(linear(h1.subarray(from * D), T - from, D, W(`${p}.self_attn.q_proj.weight`), H * d), from * H * d);
   const k = linear(h1, T, D, W(`${p}.self_attn.k_proj.weight`), KV * d);
   const v = linear(h1, T, D, W(`${p}.self_attn.v_proj.weight`), KV * d);
   rope(q, T, H, d, c.rotaryDim, c.ropeTheta);
@@ -224,7 +229,7 @@ function softmaxAttn(c: RefConfig, W: (n: string) => Float64Array, p: string, h1
   const scores = new Float64Array(T);
   for (let h = 0; h < H; h++) {
     const g = Math.floor(h / group);
-    for (let t = 0; t < T; t++) {
+    for (let t = from; t < T; t++) {
       let max = -Infinity;
       for (let j = 0; j <= t; j++) {
         let acc = 0;
@@ -240,7 +245,7 @@ function softmaxAttn(c: RefConfig, W: (n: string) => Float64Array, p: string, h1
       }
     }
   }
-  return linear(o, T, H * d, W(`${p}.self_attn.o_proj.weight`), D);
+  return linear(o.subarray(from * H * d), T - from, H * d, W(`${p}.self_attn.o_proj.weight`), D);
 }
 
 /** §10: softmax over all experts, top-k (ties to the lower id), renormalise, SwiGLU experts, weighted sum. */
@@ -305,6 +310,9 @@ export function referenceForward(c: RefConfig, weights: ReadonlyMap<string, Floa
     if (!(Number.isInteger(id) && id >= 0 && id < V)) throw new Error(`reference64: token id ${id} out of range`);
     x.set(embed.subarray(id * D, (id + 1) * D), t * D);
   });
+  // Rows [from, T) of the stream are live. With lastOnly, a final softmax layer needs only the last row after its
+  // attention (a lightning layer's recurrence still runs over every row).
+  let from = 0;
   for (let l = 0; l < c.numLayers; l++) {
     const p = `model.layers.${l}`;
     const kind = c.layerTypes[l];
@@ -315,21 +323,25 @@ export function referenceForward(c: RefConfig, weights: ReadonlyMap<string, Floa
       a = r.out;
       states.set(l, r.state);
     } else {
-      a = softmaxAttn(c, W, p, h1, T);
+      const last = options.lastOnly && l === c.numLayers - 1;
+      from = last ? T - 1 : 0;
+      a = softmaxAttn(c, W, p, h1, T, from);
     }
+    const rows = T - from;
     const [alpha, beta] = kind === 'lightning' ? [c.linearAlpha, c.linearBeta] : [c.fullAlpha, c.fullBeta];
-    const x1 = new Float64Array(T * D);
-    for (let i = 0; i < x1.length; i++) x1[i] = h1[i] * alpha + a[i] * beta;
-    const h2 = rmsNorm(x1, T, D, W(`${p}.post_attention_layernorm.weight`), c.rmsNormEps);
-    const m = moe(c, W, p, h2, T, stats);
-    x = new Float64Array(T * D);
+    const x1 = new Float64Array(rows * D);
+    for (let i = 0; i < x1.length; i++) x1[i] = h1[from * D + i] * alpha + a[i] * beta;
+    const h2 = rmsNorm(x1, rows, D, W(`${p}.post_attention_layernorm.weight`), c.rmsNormEps);
+    const m = moe(c, W, p, h2, rows, stats);
+    x = new Float64Array(rows * D);
     for (let i = 0; i < x.length; i++) x[i] = h2[i] * c.mlpAlpha + m[i] * c.mlpBeta;
   }
-  const first = options.lastOnly ? T - 1 : 0;
-  const h = rmsNorm(x.subarray(first * D), T - first, D, W('model.norm.weight'), c.rmsNormEps);
+  const live = x.length / D; // T, or 1 after a lastOnly final softmax layer
+  const first = options.lastOnly ? live - 1 : 0;
+  const h = rmsNorm(x.subarray(first * D), live - first, D, W('model.norm.weight'), c.rmsNormEps);
   const head = c.tieWordEmbeddings || !weights.has('lm_head.weight') ? embed : W('lm_head.weight');
-  const all = linear(h, T - first, D, head, V);
-  const logits = Array.from({ length: T - first }, (_, i) => all.slice(i * V, (i + 1) * V));
+  const all = linear(h, live - first, D, head, V);
+  const logits = Array.from({ length: live - first }, (_, i) => all.slice(i * V, (i + 1) * V));
   return { logits, states, stats };
 }
 
