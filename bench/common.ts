@@ -1,6 +1,9 @@
 /** Small helpers shared by the GPU benchmark scripts. */
 import { execFileSync } from 'node:child_process';
 
+/** Today's date as YYYY-MM-DD (UTC), the results files' `date`. */
+export const today = (): string => new Date().toISOString().slice(0, 10);
+
 export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)];

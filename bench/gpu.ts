@@ -45,7 +45,7 @@ import { Rng } from '../src/engine/sampling.js';
 import { fixtureParity } from '../test/helpers/gpu-parity.js';
 import { decodeBytesPerToken, randomWeights, sliceConfig } from './slice.js';
 import { KERNEL_METRICS, kernelBenchmarks } from './kernels.js';
-import { gitCommit, median } from './common.js';
+import { gitCommit, median, today } from './common.js';
 
 const PEAK_BW = 4.28e12;
 /** Measured bf16 dense GEMM rate of the H200 (docs/gpu-notes.md). */
@@ -324,7 +324,7 @@ async function main(): Promise<void> {
     }
   }
   const out: Record<string, unknown> = {
-    date: new Date().toISOString().slice(0, 10),
+    date: today(),
     commit: gitCommit(),
     gpu: gpuName,
     host: `${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}`,

@@ -33,7 +33,7 @@ import type { ModelConfig } from '../src/config/config.js';
 import { KV_BLOCK_SIZE } from '../src/backend/backend.js';
 import { Rng } from '../src/engine/sampling.js';
 import { randomWeights, sliceConfig } from './slice.js';
-import { gitCommit, median } from './common.js';
+import { gitCommit, median, today } from './common.js';
 
 const log = (s: string): void => console.log(s);
 
@@ -152,7 +152,6 @@ function merge(entries: Entry[], gpu: string): void {
   log(`merged ${[...names].join(', ')} into ${file}`);
 }
 
-const today = (): string => new Date().toISOString().slice(0, 10);
 const fmtSplit = (s: LayerSplit): string => `lightning attention ${(s.lightningAttention / 1000).toFixed(2)} s, softmax attention ${(s.softmaxAttention / 1000).toFixed(2)} s, MoE ${(s.moe / 1000).toFixed(2)} s`;
 
 function sliceSeries(): void {

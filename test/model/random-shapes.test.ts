@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadModel } from '../../src/index.js';
 import { FIXTURES, REPO_ROOT } from '../helpers/paths.js';
+import { maxAbsDiff } from '../helpers/expected.js';
 import { referenceForward, referenceGreedy, type GreedyStep } from '../helpers/reference64.js';
 import { build, Rand, type Built, type CaseSpec, type DType } from '../helpers/random-checkpoint.js';
 
@@ -27,19 +28,9 @@ const MIN_GAP = 1e-3;
 // Comparisons
 // ---------------------------------------------------------------------------------------------------------------
 
-function maxAbs(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'length mismatch');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const x = Math.abs(a[i] - b[i]);
-    if (!(x <= m)) m = Number.isNaN(x) ? Infinity : x;
-  }
-  return m;
-}
-
 function maxAbsRows(got: readonly ArrayLike<number>[], want: readonly ArrayLike<number>[]): number {
   assert.equal(got.length, want.length, `rows: ${got.length} vs ${want.length}`);
-  return got.reduce((m, r, i) => Math.max(m, maxAbs(r, want[i])), 0);
+  return got.reduce((m, r, i) => Math.max(m, maxAbsDiff(r, want[i])), 0);
 }
 
 /** The greedy ids that must agree: up to (not including) the first step whose reference top-1 gap is below MIN_GAP. */
@@ -77,7 +68,7 @@ async function checkCase(spec: CaseSpec, t: TestContext): Promise<Built & { step
       assert.ok(errChunk <= TOL, `${spec.name}: chunked prefill (${spec.split} + ${prompt.length - spec.split}) logits max |Δ| = ${errChunk} > ${TOL}`);
       for (const [l, want] of ref.states) {
         const scale = Math.max(1, want.reduce((m, x) => Math.max(m, Math.abs(x)), 0));
-        const e = maxAbs(s.lightningState(l), want);
+        const e = maxAbsDiff(s.lightningState(l), want);
         assert.ok(e <= TOL * scale, `${spec.name}: lightning state of layer ${l}: max |Δ| = ${e} > ${TOL} × ${scale}`);
       }
     } finally {

@@ -21,11 +21,21 @@
 
 #include "common.cuh"
 
+// out[r, :] = x[rows[r], :] for r = blockIdx.x: 16-byte copies when C % 8 == 0 and both buffers are 16-byte aligned
+// (the MoE prefill gathers 100k+ rows), element by element otherwise. The bf16 embedding is the same gather.
+static __device__ __forceinline__ void gather_row_bf16(bf16* __restrict__ out, const bf16* __restrict__ x, const int* __restrict__ rows, int C) {
+  const int r = blockIdx.x;
+  const bf16* src = x + (i64)rows[r] * C;
+  bf16* dst = out + (i64)r * C;
+  if ((C & 7) == 0 && ((((u64)out) | ((u64)x)) & 15) == 0) {
+    for (int i = threadIdx.x * 8; i < C; i += blockDim.x * 8) *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+    return;
+  }
+  for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
+}
+
 extern "C" __global__ void embedding_bf16(bf16* __restrict__ out, const bf16* __restrict__ table, const int* __restrict__ ids, int D) {
-  const int t = blockIdx.x;
-  const bf16* src = table + (i64)ids[t] * D;
-  bf16* dst = out + (i64)t * D;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) dst[i] = src[i];
+  gather_row_bf16(out, table, ids, D);
 }
 
 // The residual stream is kept in fp32 (see postnorm_residual_f32).
@@ -215,16 +225,8 @@ extern "C" __global__ void gather_rows_f32(float* __restrict__ out, const float*
   for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
 }
 
-// 16-byte copies when C % 8 == 0 and both buffers are 16-byte aligned (the MoE prefill gathers 100k+ rows).
 extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ x, const int* __restrict__ rows, int C) {
-  const int r = blockIdx.x;
-  const bf16* src = x + (i64)rows[r] * C;
-  bf16* dst = out + (i64)r * C;
-  if ((C & 7) == 0 && ((((u64)out) | ((u64)x)) & 15) == 0) {
-    for (int i = threadIdx.x * 8; i < C; i += blockDim.x * 8) *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
-    return;
-  }
-  for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
+  gather_row_bf16(out, x, rows, C);
 }
 
 // One block per token; threads over (head, pair). x: [T, nh, Dh].

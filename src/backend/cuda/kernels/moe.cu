@@ -415,6 +415,29 @@ static __device__ __forceinline__ void moe_rank_slots(int* rows, float* wts, con
 }
 
 // grid (T), block 256; K ≤ 32.
+// Token t's 8 output columns c..c+7 (16-byte loads of y): acc[q] = Σ_j wts[j]·y[rows[j], c + q] over the ranked
+// slots, in order. ROUND: the reference's bf16 accumulation (each product and each sum rounded); else fp32 FMAs.
+template <bool ROUND>
+static __device__ __forceinline__ void moe_combine8(float (&acc)[8], const bf16* __restrict__ y, const int* rows, const float* wts, int K, int D, int c) {
+#pragma unroll
+  for (int q = 0; q < 8; ++q) acc[q] = 0.f;
+  for (int j = 0; j < K; ++j) {
+    u32 yv[4];
+    moe_ld16c(y + (i64)rows[j] * D + c, yv);
+    const float wj = wts[j];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      if (ROUND) {
+        acc[2 * q] = rbf(acc[2 * q] + rbf(lo_bf(yv[q]) * wj));
+        acc[2 * q + 1] = rbf(acc[2 * q + 1] + rbf(hi_bf(yv[q]) * wj));
+      } else {
+        acc[2 * q] = fmaf(lo_bf(yv[q]), wj, acc[2 * q]);
+        acc[2 * q + 1] = fmaf(hi_bf(yv[q]), wj, acc[2 * q + 1]);
+      }
+    }
+  }
+}
+
 extern "C" __global__ void __launch_bounds__(256) moe_combine_bf16(bf16* __restrict__ out, const bf16* __restrict__ y, const int* __restrict__ row_of_slot,
                                                                   const int* __restrict__ idx, const float* __restrict__ w, int K, int D) {
   __shared__ int rows[MOE_MAX_K];
@@ -426,18 +449,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_combine_bf16(bf16* __restr
   if (vec) {
     for (int c = threadIdx.x * 8; c < D; c += blockDim.x * 8) {
       float acc[8];
-#pragma unroll
-      for (int q = 0; q < 8; ++q) acc[q] = 0.f;
-      for (int j = 0; j < K; ++j) {
-        u32 yv[4];
-        moe_ld16c(y + (i64)rows[j] * D + c, yv);
-        const float wj = wts[j];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          acc[2 * q] = rbf(acc[2 * q] + rbf(lo_bf(yv[q]) * wj));
-          acc[2 * q + 1] = rbf(acc[2 * q + 1] + rbf(hi_bf(yv[q]) * wj));
-        }
-      }
+      moe_combine8<true>(acc, y, rows, wts, K, D, c);
       u32 ov[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) ov[q] = f2x2bf(acc[2 * q], acc[2 * q + 1]);
@@ -465,18 +477,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_combine_f32(float* __restr
   if ((D & 7) == 0 && ((((u64)out) | ((u64)y)) & 15) == 0) {
     for (int c = threadIdx.x * 8; c < D; c += blockDim.x * 8) {
       float acc[8];
-#pragma unroll
-      for (int q = 0; q < 8; ++q) acc[q] = 0.f;
-      for (int j = 0; j < K; ++j) {
-        u32 yv[4];
-        moe_ld16c(y + (i64)rows[j] * D + c, yv);
-        const float wj = wts[j];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          acc[2 * q] = fmaf(lo_bf(yv[q]), wj, acc[2 * q]);
-          acc[2 * q + 1] = fmaf(hi_bf(yv[q]), wj, acc[2 * q + 1]);
-        }
-      }
+      moe_combine8<false>(acc, y, rows, wts, K, D, c);
       *reinterpret_cast<float4*>(o + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
       *reinterpret_cast<float4*>(o + c + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
     }
