@@ -334,7 +334,7 @@ test('attention, several segments of different lengths in one call (prefill and 
   fullCase(t, 702, 4, 2, 128, specs, 'prefill', TOL_TC, 'prefill kernel, Dh 128');
 });
 
-test('attention prefill, each Dh 128 kernel forced (sm90, sm90-serial, mma): segments, past, GQA, against the CPU backend and each other', { skip: skipSm90 }, (t) => {
+test('attention prefill, each Dh 128 kernel forced (sm90, sm90-serial, sm90-pp, mma): segments, past, GQA, against the CPU backend and each other', { skip: skipSm90 }, (t) => {
   const g = need();
   const cases: { seed: number; H: number; Hkv: number; specs: SegSpec[]; qScale?: number }[] = [
     {
@@ -349,13 +349,13 @@ test('attention prefill, each Dh 128 kernel forced (sm90, sm90-serial, mma): seg
     try {
       const want = runCpu(b);
       const got: Partial<Record<PrefillKernel, Float32Array>> = {};
-      for (const k of ['sm90', 'sm90-serial', 'mma'] as const) {
+      for (const k of ['sm90', 'sm90-serial', 'sm90-pp', 'mma'] as const) {
         got[k] = runGpu(g, b, 'prefill', k);
         compareFull(t, b, got[k], want, TOL_TC, `seed ${c.seed}, ${k}`);
       }
-      const dm = relErr(got.sm90!, got.mma!), ds = relErr(got.sm90!, got['sm90-serial']!);
-      t.diagnostic(`seed ${c.seed}: ‖sm90 − mma‖/‖mma‖ ${dm.toExponential(2)}, ‖sm90 − sm90-serial‖ rel ${ds.toExponential(2)}`);
-      assert.ok(dm <= TOL_TC && ds <= TOL_TC, `seed ${c.seed}: kernels disagree (${dm}, ${ds})`);
+      const dm = relErr(got.sm90!, got.mma!), ds = relErr(got.sm90!, got['sm90-serial']!), dp = relErr(got.sm90!, got['sm90-pp']!);
+      t.diagnostic(`seed ${c.seed}: sm90 vs mma ${dm.toExponential(2)}, vs sm90-serial ${ds.toExponential(2)}, vs sm90-pp ${dp.toExponential(2)} (relative)`);
+      assert.ok(dm <= TOL_TC && ds <= TOL_TC && dp <= TOL_TC, `seed ${c.seed}: kernels disagree (${dm}, ${ds}, ${dp})`);
     } finally {
       release(g, b);
     }

@@ -90,6 +90,7 @@ static __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
 }
 static __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 static __device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+static __device__ __forceinline__ void named_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 
 // ---- wgmma
 
@@ -212,7 +213,10 @@ static __device__ __forceinline__ void to_bf16(u32 (&p)[8][4], const float (&s)[
   }
 }
 
-template <bool OVERLAP>
+// MODE 0: serial (S, softmax, P·V per tile); 1: intra-warpgroup overlap; 2: overlap + ping-pong between the two
+// consumer warpgroups (named barriers 3 / 4: a warpgroup issues its products only after the other one issued its own,
+// so one warpgroup's softmax runs while the other's products keep the tensor cores busy).
+template <int MODE>
 static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, const bf16* __restrict__ q, const int* __restrict__ seg_start,
                                                     const int* __restrict__ seg_len, const int* __restrict__ seg_past,
                                                     const u64* __restrict__ k_cache, const u64* __restrict__ v_cache,
@@ -343,12 +347,18 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
     float sc[64];
     u32 p[8][4];
 
-    if (OVERLAP) {
+    // Ping-pong turns (MODE 2): every warpgroup has nkt + 1 issue points; warpgroup 1 hands the first turn to 0 and
+    // skips its last hand-over, so both barriers end balanced.
+    const int PP = MODE == 2;
+    if (PP && c == 1) named_arrive(3, 256);
+    if (MODE >= 1) {
       // tile 0: S, softmax, P
       mbar_wait(barKF, 0);
+      if (PP) named_sync(3 + c, 256);
       wg_fence();
       issue_qk(sc, qBase, sK);
       wg_commit();
+      if (PP) named_arrive(3 + (c ^ 1), 256);
       wg_wait<0>();
       reg_fence(sc);
       softmax_tile(sc, m, l, alpha, 0, warpPos, posA, lane, sl2);
@@ -357,11 +367,13 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         const int st = kt % ST, pst = (kt - 1) % ST;
         mbar_wait(barKF + 8 * st, (kt / ST) & 1);
         mbar_wait(barVF + 8 * pst, ((kt - 1) / ST) & 1);  // lands before K of tile kt: no wait in practice
+        if (PP) named_sync(3 + c, 256);
         wg_fence();
         issue_qk(sc, qBase, sK + (u32)st * TILE);
         wg_commit();
         issue_pv(o, p, sV + (u32)pst * TILE);
         wg_commit();
+        if (PP) named_arrive(3 + (c ^ 1), 256);
         wg_wait<1>();  // S of tile kt
         reg_fence(sc);
         softmax_tile(sc, m, l, alpha, kt * BN, warpPos, posA, lane, sl2);
@@ -375,9 +387,11 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
       }
       const int lst = (nkt - 1) % ST;
       mbar_wait(barVF + 8 * lst, ((nkt - 1) / ST) & 1);
+      if (PP) named_sync(3 + c, 256);
       wg_fence();
       issue_pv(o, p, sV + (u32)lst * TILE);
       wg_commit();
+      if (PP && c == 0) named_arrive(4, 256);
       wg_wait<0>();
       reg_fence(o);
     } else {
@@ -449,11 +463,17 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
 extern "C" __global__ void __launch_bounds__(384, 1) attention_prefill_sm90_d128(bf16* out, const bf16* q, const int* seg_start, const int* seg_len,
                                                                                 const int* seg_past, const u64* k_cache, const u64* v_cache,
                                                                                 const u64* block_table, int H, int Hkv, int Dh, float scale) {
-  prefill_sm90<true>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
+  prefill_sm90<1>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1) attention_prefill_sm90_d128_serial(bf16* out, const bf16* q, const int* seg_start, const int* seg_len,
                                                                                        const int* seg_past, const u64* k_cache, const u64* v_cache,
                                                                                        const u64* block_table, int H, int Hkv, int Dh, float scale) {
-  prefill_sm90<false>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
+  prefill_sm90<0>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1) attention_prefill_sm90_d128_pp(bf16* out, const bf16* q, const int* seg_start, const int* seg_len,
+                                                                                   const int* seg_past, const u64* k_cache, const u64* v_cache,
+                                                                                   const u64* block_table, int H, int Hkv, int Dh, float scale) {
+  prefill_sm90<2>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
 }
