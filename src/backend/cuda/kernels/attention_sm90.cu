@@ -138,6 +138,15 @@ static __device__ __forceinline__ void wgmma_rs_t(float (&d)[64], const u32 (&a)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
+// D = [D +] A·B, A (64 × 16 bf16) from registers, B from shared memory, K-major.
+static __device__ __forceinline__ void wgmma_rs_k(float (&d)[64], const u32 (&a)[4], u64 db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS64 ", {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+      : WG_ACC64(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+
 // ---- consumer pieces
 
 // Issues S = Q·Kᵀ for one key tile (not committed). qBase: this warpgroup's Q rows (half 0); kBase: the K stage.
@@ -149,18 +158,25 @@ static __device__ __forceinline__ void issue_qk(float (&s)[64], u32 qBase, u32 k
   }
 }
 
+// Same with this warpgroup's Q rows in registers (A fragments per 16 head dims).
+static __device__ __forceinline__ void issue_qk(float (&s)[64], const u32 (&qf)[8][4], u32 kBase) {
+#pragma unroll
+  for (int kd = 0; kd < D / 16; kd++) wgmma_rs_k(s, qf[kd], sdesc(kBase + (u32)(kd >> 2) * HALF + (u32)(kd & 3) * 32u, 16, 1024), kd > 0);
+}
+
 // Issues O += P·V for one key tile (not committed). vBase: the V stage.
 static __device__ __forceinline__ void issue_pv(float (&o)[64], const u32 (&p)[8][4], u32 vBase) {
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++) wgmma_rs_t(o, p[kk], sdesc(vBase + (u32)kk * 2048u, HALF, 1024));
 }
 
-// Causal mask (keys after the row's position → −inf) for tiles that cross the warp's diagonal, then the online
+// Causal mask (keys after the row's position → −inf) when MASK (tiles that cross the warpgroup's diagonal), then the online
 // softmax update of the two rows this thread holds (A: accumulator elements 4j, 4j+1; B: 4j+2, 4j+3). s becomes P
 // (fp32); alpha gets the factors O must be rescaled by; m (raw-score max) and l (this thread's partial sums) update.
-static __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], float (&l)[2], float (&alpha)[2], int key0, int warpPos,
-                                                    int posA, int lane, float sl2) {
-  if (key0 + BN - 1 > warpPos) {
+template <bool MASK>
+static __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2], float (&l)[2], float (&alpha)[2], int key0, int posA, int lane,
+                                                    float sl2) {
+  if (MASK) {
 #pragma unroll
     for (int j = 0; j < BN / 8; j++) {
 #pragma unroll
@@ -216,7 +232,12 @@ static __device__ __forceinline__ void to_bf16(u32 (&p)[8][4], const float (&s)[
 // MODE 0: serial (S, softmax, P·V per tile); 1: intra-warpgroup overlap; 2: overlap + ping-pong between the two
 // consumer warpgroups (named barriers 3 / 4: a warpgroup issues its products only after the other one issued its own,
 // so one warpgroup's softmax runs while the other's products keep the tensor cores busy).
-template <int MODE>
+template <bool B>
+struct BoolC {
+  static constexpr bool v = B;
+};
+
+template <int MODE, bool QREG>
 static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, const bf16* __restrict__ q, const int* __restrict__ seg_start,
                                                     const int* __restrict__ seg_len, const int* __restrict__ seg_past,
                                                     const u64* __restrict__ k_cache, const u64* __restrict__ v_cache,
@@ -337,54 +358,77 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
       named_sync(1 + c, 128);
     }
 
+    // Q fragments in registers (QREG): A operands of S = Q·Kᵀ, read once from the swizzled tile with ldmatrix
+    // (matrices: rows +0..7 / +8..15 × head dims +0..7 / +8..15 of each 16-dim step).
+    u32 qf[QREG ? 8 : 1][4];
+    if (QREG) {
+      const int r = c * 64 + warp * 16 + (lane & 15);
+#pragma unroll
+      for (int kd = 0; kd < (QREG ? 8 : 0); kd++) {
+        const int cc = (kd & 3) * 2 + (lane >> 4);
+        ldsm_x4(qf[kd], sQ + (u32)(kd >> 2) * HALF + (u32)r * 128u + ((u32)(cc ^ (r & 7)) << 4));
+      }
+    }
+    float sc_[64];
+    auto qk = [&](u32 kBase) {
+      if constexpr (QREG) issue_qk(sc_, qf, kBase);
+      else issue_qk(sc_, qBase, kBase);
+    };
+
     float o[64];
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = 0.f;
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, alpha[2];
     const float sl2 = scale * ATT_LOG2E;
-    const int warpPos = past + i0 + c * 64 + warp * 16;  // position of the warp's first row
-    const int posA = warpPos + (lane >> 2);              // this thread's row A (row B = A + 8)
-    float sc[64];
+    const int wgPos = past + i0 + c * 64;                    // position of the warpgroup's first row
+    const int posA = wgPos + warp * 16 + (lane >> 2);        // this thread's row A (row B = A + 8)
+    const int kFull = min((wgPos + 1) / BN, nkt);           // tiles [0, kFull) are below every row's diagonal
     u32 p[8][4];
 
     // Ping-pong turns (MODE 2): every warpgroup has nkt + 1 issue points; warpgroup 1 hands the first turn to 0 and
     // skips its last hand-over, so both barriers end balanced.
-    const int PP = MODE == 2;
+    constexpr bool PP = MODE == 2;
     if (PP && c == 1) named_arrive(3, 256);
     if (MODE >= 1) {
       // tile 0: S, softmax, P
       mbar_wait(barKF, 0);
       if (PP) named_sync(3 + c, 256);
       wg_fence();
-      issue_qk(sc, qBase, sK);
+      qk(sK);
       wg_commit();
       if (PP) named_arrive(3 + (c ^ 1), 256);
       wg_wait<0>();
-      reg_fence(sc);
-      softmax_tile(sc, m, l, alpha, 0, warpPos, posA, lane, sl2);
-      to_bf16(p, sc);
-      for (int kt = 1; kt < nkt; kt++) {
+      reg_fence(sc_);
+      if (kFull > 0) softmax_tile<false>(sc_, m, l, alpha, 0, posA, lane, sl2);
+      else softmax_tile<true>(sc_, m, l, alpha, 0, posA, lane, sl2);
+      to_bf16(p, sc_);
+      // S of tile kt and P·V of tile kt − 1 in flight together; the softmax of tile kt runs while P·V does.
+      auto step = [&](int kt, auto mask) {
         const int st = kt % ST, pst = (kt - 1) % ST;
         mbar_wait(barKF + 8 * st, (kt / ST) & 1);
         mbar_wait(barVF + 8 * pst, ((kt - 1) / ST) & 1);  // lands before K of tile kt: no wait in practice
         if (PP) named_sync(3 + c, 256);
         wg_fence();
-        issue_qk(sc, qBase, sK + (u32)st * TILE);
+        qk(sK + (u32)st * TILE);
         wg_commit();
         issue_pv(o, p, sV + (u32)pst * TILE);
         wg_commit();
         if (PP) named_arrive(3 + (c ^ 1), 256);
         wg_wait<1>();  // S of tile kt
-        reg_fence(sc);
-        softmax_tile(sc, m, l, alpha, kt * BN, warpPos, posA, lane, sl2);
+        reg_fence(sc_);
+        softmax_tile<decltype(mask)::v>(sc_, m, l, alpha, kt * BN, posA, lane, sl2);
+        reg_fence(sc_);
         wg_wait<0>();  // P·V of tile kt − 1
         reg_fence(o);
         reg_fence(p);
         __syncwarp();
         if (lane == 0) mbar_arrive(barE + 8 * pst);
         rescale(o, alpha);
-        to_bf16(p, sc);
-      }
+        to_bf16(p, sc_);
+      };
+      int kt = 1;
+      for (; kt < kFull; kt++) step(kt, BoolC<false>());
+      for (; kt < nkt; kt++) step(kt, BoolC<true>());
       const int lst = (nkt - 1) % ST;
       mbar_wait(barVF + 8 * lst, ((nkt - 1) / ST) & 1);
       if (PP) named_sync(3 + c, 256);
@@ -395,18 +439,18 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
       wg_wait<0>();
       reg_fence(o);
     } else {
-      for (int kt = 0; kt < nkt; kt++) {
+      auto step = [&](int kt, auto mask) {
         const int st = kt % ST;
         const u32 ph = (kt / ST) & 1;
         mbar_wait(barKF + 8 * st, ph);
         wg_fence();
-        issue_qk(sc, qBase, sK + (u32)st * TILE);
+        qk(sK + (u32)st * TILE);
         wg_commit();
         wg_wait<0>();
-        reg_fence(sc);
-        softmax_tile(sc, m, l, alpha, kt * BN, warpPos, posA, lane, sl2);
+        reg_fence(sc_);
+        softmax_tile<decltype(mask)::v>(sc_, m, l, alpha, kt * BN, posA, lane, sl2);
         rescale(o, alpha);
-        to_bf16(p, sc);
+        to_bf16(p, sc_);
         mbar_wait(barVF + 8 * st, ph);
         wg_fence();
         issue_pv(o, p, sV + (u32)st * TILE);
@@ -416,7 +460,10 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         reg_fence(p);
         __syncwarp();
         if (lane == 0) mbar_arrive(barE + 8 * st);
-      }
+      };
+      int kt = 0;
+      for (; kt < kFull; kt++) step(kt, BoolC<false>());
+      for (; kt < nkt; kt++) step(kt, BoolC<true>());
     }
 
     // Epilogue: normalise, stage as bf16 in this warpgroup's Q rows (same swizzled layout), 16-byte stores.
@@ -460,20 +507,16 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(384, 1) attention_prefill_sm90_d128(bf16* out, const bf16* q, const int* seg_start, const int* seg_len,
-                                                                                const int* seg_past, const u64* k_cache, const u64* v_cache,
-                                                                                const u64* block_table, int H, int Hkv, int Dh, float scale) {
-  prefill_sm90<1>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
-}
+#define SM90_KERNEL(NAME, MODE, QREG)                                                                                              \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                                                             \
+      NAME(bf16* out, const bf16* q, const int* seg_start, const int* seg_len, const int* seg_past, const u64* k_cache, const u64* v_cache, \
+           const u64* block_table, int H, int Hkv, int Dh, float scale) {                                                        \
+    prefill_sm90<MODE, QREG>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);               \
+  }
 
-extern "C" __global__ void __launch_bounds__(384, 1) attention_prefill_sm90_d128_serial(bf16* out, const bf16* q, const int* seg_start, const int* seg_len,
-                                                                                       const int* seg_past, const u64* k_cache, const u64* v_cache,
-                                                                                       const u64* block_table, int H, int Hkv, int Dh, float scale) {
-  prefill_sm90<0>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(384, 1) attention_prefill_sm90_d128_pp(bf16* out, const bf16* q, const int* seg_start, const int* seg_len,
-                                                                                   const int* seg_past, const u64* k_cache, const u64* v_cache,
-                                                                                   const u64* block_table, int H, int Hkv, int Dh, float scale) {
-  prefill_sm90<2>(out, q, seg_start, seg_len, seg_past, k_cache, v_cache, block_table, H, Hkv, scale);
-}
+// The default (the fastest measured), then the variants kept for measurement (ops/attention.ts PrefillKernel).
+SM90_KERNEL(attention_prefill_sm90_d128, 0, false)
+SM90_KERNEL(attention_prefill_sm90_d128_serial_q, 0, true)
+SM90_KERNEL(attention_prefill_sm90_d128_ov, 1, false)
+SM90_KERNEL(attention_prefill_sm90_d128_ov_q, 1, true)
+SM90_KERNEL(attention_prefill_sm90_d128_pp_q, 2, true)

@@ -94,29 +94,23 @@ function tensorCorePath(Dh: number, o: CudaTensor, q: CudaTensor, segs: readonly
 
 /**
  * Which prefill kernel runs where several could: 'auto' takes the Hopper kernel (kernels/attention_sm90.cu, wgmma)
- * on sm_90a for Dh = 128 unless $LMOE_ATTN_SM90 is '0' ('serial' / 'pp' pick its variant without the intra-warpgroup
- * overlap / with ping-pong between the consumer warpgroups); 'sm90*' force one of those (sm_90a only), 'mma' the
- * mma.sync kernel of attention.cu.
- * Any of them falls back to the generic kernel where the tensor-core path does not apply.
+ * on sm_90a for Dh = 128 unless $LMOE_ATTN_SM90 is '0'; any other value of it names a variant of that kernel
+ * (attention_prefill_sm90_d128_<value>, for measurements). 'sm90' / 'sm90-<variant>' force one (sm_90a only),
+ * 'mma' the mma.sync kernel of attention.cu. Any of them falls back to the generic kernel where the tensor-core path
+ * does not apply.
  */
-export type PrefillKernel = 'auto' | 'sm90' | 'sm90-serial' | 'sm90-pp' | 'mma';
-type Sm90Kernel = 'sm90' | 'sm90-serial' | 'sm90-pp';
-const SM90_NAMES: Record<Sm90Kernel, string> = {
-  sm90: 'attention_prefill_sm90_d128',
-  'sm90-serial': 'attention_prefill_sm90_d128_serial',
-  'sm90-pp': 'attention_prefill_sm90_d128_pp',
-};
+export type PrefillKernel = 'auto' | 'mma' | 'sm90' | `sm90-${string}`;
 
 /** Query rows per CTA and dynamic shared memory of the sm_90a kernel (see its file header). */
 const SM90_TILE = 128;
 const SM90_SHARED = 128 * 128 * 2 * 7 + 1024; // Q + 3 stages × (K + V), 128 × 128 bf16 each, + 1024-byte alignment slack
 
-function pickPrefill(rt: OpRuntime, Dh: number, kernel: PrefillKernel): Sm90Kernel | 'mma' {
+function pickPrefill(rt: OpRuntime, Dh: number, kernel: PrefillKernel): string {
   const sm90 = rt.ctx.info.arch === 'sm_90a' && Dh === 128;
   if (kernel === 'auto') {
     const env = process.env.LMOE_ATTN_SM90;
     if (!sm90 || env === '0') return 'mma';
-    return env === 'serial' ? 'sm90-serial' : env === 'pp' ? 'sm90-pp' : 'sm90';
+    return env === undefined || env === '' || env === '1' ? 'sm90' : `sm90-${env}`;
   }
   if (kernel !== 'mma' && !sm90) throw new UnsupportedError(`attention: the ${kernel} prefill kernel needs sm_90a and Dh = 128 (got ${rt.ctx.info.arch}, Dh ${Dh})`);
   return kernel;
@@ -134,7 +128,8 @@ export function attentionPrefill(
   const args = [o.ptr, q.ptr, t.starts, t.lens, t.pasts, t.kc, t.vc, t.bt, i32(H), i32(Hkv), i32(Dh), f32(scale)];
   const which = tensorCorePath(Dh, o, q, segs) ? pickPrefill(rt, Dh, kernel) : undefined;
   if (which !== undefined && which !== 'mma') {
-    rt.launch('attention_sm90', SM90_NAMES[which], [Math.ceil(maxLen / SM90_TILE), H, segs.length], [384], SM90_SHARED, args);
+    const name = which === 'sm90' ? 'attention_prefill_sm90_d128' : `attention_prefill_sm90_d128_${which.slice(5)}`;
+    rt.launch('attention_sm90', name, [Math.ceil(maxLen / SM90_TILE), H, segs.length], [384], SM90_SHARED, args);
   } else if (which === 'mma') {
     rt.launch('attention', `attention_prefill_bf16_d${Dh}`, [Math.ceil(maxLen / PREFILL_TILE), H, segs.length], [128], prefillShared(Dh), args);
   } else {
