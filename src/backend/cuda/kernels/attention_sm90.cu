@@ -408,6 +408,10 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         mbar_wait(barKF + 8 * st, (kt / ST) & 1);
         mbar_wait(barVF + 8 * pst, ((kt - 1) / ST) & 1);  // lands before K of tile kt: no wait in practice
         if (PP) named_sync(3 + c, 256);
+        // O (complete up to tile kt − 2) rescaled to tile kt − 1's running max before P·V of tile kt − 1 adds to it.
+        // Here rather than after the wait below, so that nothing between the two waits touches O and ptxas has no
+        // reason to move the second wait up (it did, before the softmax, when the rescale followed that wait).
+        rescale(o, alpha);
         wg_fence();
         qk(sK + (u32)st * TILE);
         wg_commit();
@@ -423,7 +427,6 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         reg_fence(p);
         __syncwarp();
         if (lane == 0) mbar_arrive(barE + 8 * pst);
-        rescale(o, alpha);
         to_bf16(p, sc_);
       };
       int kt = 1;
@@ -432,6 +435,7 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
       const int lst = (nkt - 1) % ST;
       mbar_wait(barVF + 8 * lst, ((nkt - 1) / ST) & 1);
       if (PP) named_sync(3 + c, 256);
+      rescale(o, alpha);
       wg_fence();
       issue_pv(o, p, sV + (u32)lst * TILE);
       wg_commit();
@@ -519,4 +523,5 @@ SM90_KERNEL(attention_prefill_sm90_d128, 0, false)
 SM90_KERNEL(attention_prefill_sm90_d128_serial_q, 0, true)
 SM90_KERNEL(attention_prefill_sm90_d128_ov, 1, false)
 SM90_KERNEL(attention_prefill_sm90_d128_ov_q, 1, true)
+SM90_KERNEL(attention_prefill_sm90_d128_pp, 2, false)
 SM90_KERNEL(attention_prefill_sm90_d128_pp_q, 2, true)
