@@ -412,6 +412,8 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         // Here rather than after the wait below, so that nothing between the two waits touches O and ptxas has no
         // reason to move the second wait up (it did, before the softmax, when the rescale followed that wait).
         rescale(o, alpha);
+        reg_fence(o);  // pins the rescale (and P) before the fence: registers written after it force ptxas to serialise
+        reg_fence(p);
         wg_fence();
         qk(sK + (u32)st * TILE);
         wg_commit();
@@ -436,6 +438,8 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
       mbar_wait(barVF + 8 * lst, ((nkt - 1) / ST) & 1);
       if (PP) named_sync(3 + c, 256);
       rescale(o, alpha);
+      reg_fence(o);
+      reg_fence(p);
       wg_fence();
       issue_pv(o, p, sV + (u32)lst * TILE);
       wg_commit();
@@ -455,6 +459,8 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         softmax_tile<decltype(mask)::v>(sc_, m, l, alpha, kt * BN, posA, lane, sl2);
         rescale(o, alpha);
         to_bf16(p, sc_);
+        reg_fence(o);
+        reg_fence(p);
         mbar_wait(barVF + 8 * st, ph);
         wg_fence();
         issue_pv(o, p, sV + (u32)st * TILE);
