@@ -208,6 +208,48 @@ static __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&m)[2
   }
 }
 
+// The same update without touching s (the S accumulators): masked scores are recomputed where needed, and P goes
+// straight to bf16 A fragments in pn. For the overlapped loop, where P·V of the previous tile is still reading p:
+// ptxas moved that wait above an in-place softmax (it waits before the first write of any register the in-flight
+// products might touch), so here nothing written before the wait aliases s, o or p.
+template <bool MASK>
+static __device__ __forceinline__ void softmax_pack(const float (&s)[64], u32 (&pn)[8][4], float (&m)[2], float (&l)[2], float (&alpha)[2], int key0,
+                                                    int posA, int lane, float sl2) {
+  auto val = [&](int j, int e) {
+    if (MASK) {
+      const int key = key0 + j * 8 + 2 * (lane & 3) + (e & 1);
+      if (key > posA + 8 * (e >> 1)) return NEG_INF;
+    }
+    return s[4 * j + e];
+  };
+  float mu[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float mx = m[r];
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(val(j, 2 * r), val(j, 2 * r + 1)));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mu[r] = mx == NEG_INF ? 0.f : mx * sl2;
+    alpha[r] = ex2(m[r] * sl2 - mu[r]);
+    m[r] = mx;
+  }
+  float rs[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < BN / 8; j++) {
+    float pv[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) pv[e] = ex2(fmaf(val(j, e), sl2, -mu[e >> 1]));
+    rs[0] += pv[0] + pv[1];
+    rs[1] += pv[2] + pv[3];
+    // n-block j covers keys 8j..8j+7: A fragment of 16-key step j / 2, registers 0 / 1 (j even) or 2 / 3 (j odd)
+    pn[j >> 1][(j & 1) * 2] = pack_bf16x2(pv[0], pv[1]);
+    pn[j >> 1][(j & 1) * 2 + 1] = pack_bf16x2(pv[2], pv[3]);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + rs[r];
+}
+
 static __device__ __forceinline__ void rescale(float (&o)[64], const float (&alpha)[2]) {
 #pragma unroll
   for (int j = 0; j < D / 8; j++) {
@@ -402,48 +444,61 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
       if (kFull > 0) softmax_tile<false>(sc_, m, l, alpha, 0, posA, lane, sl2);
       else softmax_tile<true>(sc_, m, l, alpha, 0, posA, lane, sl2);
       to_bf16(p, sc_);
-      // S of tile kt and P·V of tile kt − 1 in flight together; the softmax of tile kt runs while P·V does.
-      auto step = [&](int kt, auto mask) {
+      // S of tile kt and P·V of tile kt − 1 in flight together; the softmax of tile kt runs while P·V does. P
+      // alternates between two register sets (pin: read by P·V of tile kt − 1, pout: written by the softmax of tile
+      // kt): one set rewritten in place made ptxas wait for P·V before the softmax (C7513 / a hoisted wait).
+      u32 p2[8][4];
+      auto step = [&](int kt, u32(&pin)[8][4], u32(&pout)[8][4]) {
         const int st = kt % ST, pst = (kt - 1) % ST;
         mbar_wait(barKF + 8 * st, (kt / ST) & 1);
         mbar_wait(barVF + 8 * pst, ((kt - 1) / ST) & 1);  // lands before K of tile kt: no wait in practice
         if (PP) named_sync(3 + c, 256);
-        // O (complete up to tile kt − 2) rescaled to tile kt − 1's running max before P·V of tile kt − 1 adds to it.
-        // Here rather than after the wait below, so that nothing between the two waits touches O and ptxas has no
-        // reason to move the second wait up (it did, before the softmax, when the rescale followed that wait).
+        // O (complete up to tile kt − 2) rescaled to tile kt − 1's running max before P·V of tile kt − 1 adds to it,
+        // so that nothing between the two waits below touches O.
         rescale(o, alpha);
         reg_fence(o);  // pins the rescale (and P) before the fence: registers written after it force ptxas to serialise
-        reg_fence(p);
+        reg_fence(pin);
         wg_fence();
         qk(sK + (u32)st * TILE);
         wg_commit();
-        issue_pv(o, p, sV + (u32)pst * TILE);
+        issue_pv(o, pin, sV + (u32)pst * TILE);
         wg_commit();
         if (PP) named_arrive(3 + (c ^ 1), 256);
         wg_wait<1>();  // S of tile kt
         reg_fence(sc_);
-        softmax_tile<decltype(mask)::v>(sc_, m, l, alpha, kt * BN, posA, lane, sl2);
-        reg_fence(sc_);
+        if (kt >= kFull) softmax_pack<true>(sc_, pout, m, l, alpha, kt * BN, posA, lane, sl2);
+        else softmax_pack<false>(sc_, pout, m, l, alpha, kt * BN, posA, lane, sl2);
+        reg_fence(pout);
         wg_wait<0>();  // P·V of tile kt − 1
         reg_fence(o);
-        reg_fence(p);
+        reg_fence(pin);
         __syncwarp();
         if (lane == 0) mbar_arrive(barE + 8 * pst);
-        to_bf16(p, sc_);
       };
-      int kt = 1;
-      for (; kt < kFull; kt++) step(kt, BoolC<false>());
-      for (; kt < nkt; kt++) step(kt, BoolC<true>());
-      const int lst = (nkt - 1) % ST;
-      mbar_wait(barVF + 8 * lst, ((nkt - 1) / ST) & 1);
-      if (PP) named_sync(3 + c, 256);
-      rescale(o, alpha);
-      reg_fence(o);
-      reg_fence(p);
-      wg_fence();
-      issue_pv(o, p, sV + (u32)lst * TILE);
-      wg_commit();
-      if (PP && c == 0) named_arrive(4, 256);
+      auto last = [&](u32(&pin)[8][4]) {
+        const int lst = (nkt - 1) % ST;
+        mbar_wait(barVF + 8 * lst, ((nkt - 1) / ST) & 1);
+        if (PP) named_sync(3 + c, 256);
+        rescale(o, alpha);
+        reg_fence(o);
+        reg_fence(pin);
+        wg_fence();
+        issue_pv(o, pin, sV + (u32)lst * TILE);
+        wg_commit();
+        if (PP && c == 0) named_arrive(4, 256);
+      };
+      for (int kt = 1;; kt += 2) {
+        if (kt >= nkt) {
+          last(p);
+          break;
+        }
+        step(kt, p, p2);
+        if (kt + 1 >= nkt) {
+          last(p2);
+          break;
+        }
+        step(kt + 1, p2, p);
+      }
       wg_wait<0>();
       reg_fence(o);
     } else {
@@ -525,9 +580,7 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
   }
 
 // The default (the fastest measured), then the variants kept for measurement (ops/attention.ts PrefillKernel).
-SM90_KERNEL(attention_prefill_sm90_d128, 0, false)
-SM90_KERNEL(attention_prefill_sm90_d128_serial_q, 0, true)
+SM90_KERNEL(attention_prefill_sm90_d128, 0, true)
+SM90_KERNEL(attention_prefill_sm90_d128_serial, 0, false)
 SM90_KERNEL(attention_prefill_sm90_d128_ov, 1, false)
-SM90_KERNEL(attention_prefill_sm90_d128_ov_q, 1, true)
 SM90_KERNEL(attention_prefill_sm90_d128_pp, 2, false)
-SM90_KERNEL(attention_prefill_sm90_d128_pp_q, 2, true)
