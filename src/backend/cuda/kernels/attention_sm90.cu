@@ -16,15 +16,22 @@
 //       "K full" / "V full" mbarrier (128 arrivals); it refills a stage once both consumers arrived on its "empty"
 //       mbarrier (one arrival per consumer warp, 8).
 //   warpgroups 1, 2, consumers (setmaxnreg 232): 64 query rows each (rows 0–63 / 64–127 of the tile). Each loads
-//       its Q rows itself (cp.async, fence, named barrier). Per key tile: S = Q·Kᵀ as 8 wgmma m64n128k16 (A = Q, B =
-//       K, both from shared memory, K-major), causal mask (only tiles crossing the warp's diagonal), online softmax
-//       in fp32 registers (running max / sum per row, exp2 of scores prescaled by scale·log2 e), P rounded to bf16 in
+//       its Q rows itself (cp.async, fence, named barrier) and, in the default kernel, keeps them in registers as
+//       wgmma A fragments (ldmatrix from the swizzled tile). Per key tile: S = Q·Kᵀ as 8 wgmma m64n128k16 (A = Q from
+//       registers, or from shared memory in _serial; B = K from shared memory, K-major), causal mask (only tiles that
+//       cross the warpgroup's diagonal: the loop is split so the others carry no mask code), online softmax in fp32
+//       registers (running max / sum per row, exp2 of scores prescaled by scale·log2 e), P rounded to bf16 in
 //       registers and O += P·V as 8 wgmma m64n128k16 with A = P from registers and B = V from shared memory
-//       (MN-major: the transpose flag). With OVERLAP (the exported kernel), S of tile j+1 is issued before P·V of
-//       tile j, and the softmax of tile j+1 runs while P·V of tile j is on the tensor cores (FlashAttention-3's
-//       intra-warpgroup pipelining); _serial runs the two products back to back.
+//       (MN-major: the transpose flag). The two consumers run unsynchronised, so one's softmax overlaps the other's
+//       products; each releases a stage (one arrival per warp) once its P·V is done.
 //       The epilogue normalises O by the row sums, rounds to bf16, stages the rows in the warpgroup's own Q rows of
 //       shared memory and writes them with 16-byte stores (rows past the segment are not written).
+//   Variants kept for measurement (ops/attention.ts PrefillKernel, LMOE_ATTN_SM90=<suffix>): _serial (Q read from
+//   shared memory by every S product), _ov (FlashAttention-3's intra-warpgroup overlap: S of tile j and P·V of tile
+//   j − 1 issued together, the softmax of tile j while P·V runs, P in two alternating register sets) and _pp (_ov
+//   plus ping-pong turns between the consumers on named barriers 3 / 4). On an H200 (N = 16K, H 64 / Hkv 8, causal
+//   FLOPs; bench/NOTES.md): default 475–479 TFLOP/s, _serial 459–485, _ov 371–423, _pp 397–443; attention.cu's
+//   mma.sync kernel 259–264. Status: correct (test/gpu/attention.test.ts forces every variant); below the ≥ 550 goal.
 //
 // Shared memory (dynamic, base rounded up to 1024 B for the 128-byte swizzle): Q 128 × 128 bf16 (32 KB), then 3
 // stages of K (32 KB) and 3 of V (32 KB): 229,376 B + 1,024 alignment slack; 9 mbarriers in static shared memory.
