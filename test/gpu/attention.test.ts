@@ -34,7 +34,7 @@ const arch = gpu ? (gpu.backend as unknown as OpRuntime).ctx.info.arch : '';
 const skipSm90: string | false = skip || (arch === 'sm_90a' ? false : `the wgmma prefill kernel needs sm_90a (device: ${arch})`);
 
 /** The Dh 128 prefill kernels the forced-kernel test runs (kernels/attention_sm90.cu variants, then attention.cu's). */
-const SM90_VARIANTS: readonly PrefillKernel[] = ['sm90', 'sm90-serial', 'sm90-ov', 'sm90-pp', 'mma'];
+const SM90_VARIANTS: readonly PrefillKernel[] = ['sm90', 'sm90-serial', 'sm90-ov', 'sm90-pp', 'sm90-smx', 'mma'];
 
 /** Norm-relative error bounds (see the file header). */
 const TOL_TC = 6e-3;

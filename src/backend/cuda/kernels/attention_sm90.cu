@@ -278,9 +278,10 @@ static __device__ __forceinline__ void to_bf16(u32 (&p)[8][4], const float (&s)[
   }
 }
 
-// MODE 0: serial (S, softmax, P·V per tile); 1: intra-warpgroup overlap; 2: overlap + ping-pong between the two
-// consumer warpgroups (named barriers 3 / 4: a warpgroup issues its products only after the other one issued its own,
-// so one warpgroup's softmax runs while the other's products keep the tensor cores busy).
+// MODE 0: serial (S, softmax, P·V per tile); 3: serial with softmax turns (named barriers 3 / 4: the consumers take
+// turns for the softmax, so one's products run while the other's softmax does); 1: intra-warpgroup overlap; 2: overlap
+// + ping-pong between the two consumer warpgroups (named barriers 3 / 4: a warpgroup issues its products only after
+// the other one issued its own, so one warpgroup's softmax runs while the other's products keep the tensor cores busy).
 template <bool B>
 struct BoolC {
   static constexpr bool v = B;
@@ -437,8 +438,11 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
     // Ping-pong turns (MODE 2): every warpgroup has nkt + 1 issue points; warpgroup 1 hands the first turn to 0 and
     // skips its last hand-over, so both barriers end balanced.
     constexpr bool PP = MODE == 2;
-    if (PP && c == 1) named_arrive(3, 256);
-    if (MODE >= 1) {
+    // Softmax turns (MODE 3, serial schedule): warpgroup c takes its turn on barrier 3 + c and hands the next one to
+    // the other; nkt turns each, warpgroup 1 gives the first to 0 and skips its last hand-over.
+    constexpr bool SMX = MODE == 3;
+    if ((PP || SMX) && c == 1) named_arrive(3, 256);
+    if (MODE == 1 || MODE == 2) {
       // tile 0: S, softmax, P
       mbar_wait(barKF, 0);
       if (PP) named_sync(3 + c, 256);
@@ -517,12 +521,16 @@ static __device__ __forceinline__ void prefill_sm90(bf16* __restrict__ out, cons
         qk(sK + (u32)st * TILE);
         wg_commit();
         wg_wait<0>();
+        if (SMX) {  // softmax turns (MODE 3): the two consumers never run their softmax at the same time
+          named_sync(3 + c, 256);
+        }
         reg_fence(sc_);
         softmax_tile<decltype(mask)::v>(sc_, m, l, alpha, kt * BN, posA, lane, sl2);
         rescale(o, alpha);
         to_bf16(p, sc_);
         reg_fence(o);
         reg_fence(p);
+        if (SMX && !(c == 1 && kt == nkt - 1)) named_arrive(3 + (c ^ 1), 256);
         mbar_wait(barVF + 8 * st, ph);
         wg_fence();
         issue_pv(o, p, sV + (u32)st * TILE);
@@ -591,3 +599,4 @@ SM90_KERNEL(attention_prefill_sm90_d128, 0, true)
 SM90_KERNEL(attention_prefill_sm90_d128_serial, 0, false)
 SM90_KERNEL(attention_prefill_sm90_d128_ov, 1, false)
 SM90_KERNEL(attention_prefill_sm90_d128_pp, 2, false)
+SM90_KERNEL(attention_prefill_sm90_d128_smx, 3, true)
