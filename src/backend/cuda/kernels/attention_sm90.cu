@@ -27,11 +27,13 @@
 //       The epilogue normalises O by the row sums, rounds to bf16, stages the rows in the warpgroup's own Q rows of
 //       shared memory and writes them with 16-byte stores (rows past the segment are not written).
 //   Variants kept for measurement (ops/attention.ts PrefillKernel, LMOE_ATTN_SM90=<suffix>): _serial (Q read from
-//   shared memory by every S product), _ov (FlashAttention-3's intra-warpgroup overlap: S of tile j and P·V of tile
-//   j − 1 issued together, the softmax of tile j while P·V runs, P in two alternating register sets) and _pp (_ov
-//   plus ping-pong turns between the consumers on named barriers 3 / 4). On an H200 (N = 16K, H 64 / Hkv 8, causal
-//   FLOPs; bench/NOTES.md): default 475–479 TFLOP/s, _serial 459–485, _ov 371–423, _pp 397–443; attention.cu's
-//   mma.sync kernel 259–264. Status: correct (test/gpu/attention.test.ts forces every variant); below the ≥ 550 goal.
+//   shared memory by every S product), _smx (the default plus softmax turns between the consumers on named barriers
+//   3 / 4), _ov (FlashAttention-3's intra-warpgroup overlap: S of tile j and P·V of tile j − 1 issued together, the
+//   softmax of tile j while P·V runs, P in two alternating register sets) and _pp (_ov plus ping-pong turns between
+//   the consumers on named barriers 3 / 4). On an H200 (N = 16K, H 64 / Hkv 8, causal FLOPs; bench/NOTES.md):
+//   default 475–485 TFLOP/s, _smx 487–489, _serial 459–485, _ov 371–423, _pp 397–443; attention.cu's mma.sync kernel
+//   259–264. Status: correct (test/gpu/attention.test.ts forces every variant, model tests pass, racecheck clean);
+//   below the ≥ 550 goal (cuDNN: 584). Next steps in bench/NOTES.md.
 //
 // Shared memory (dynamic, base rounded up to 1024 B for the 128-byte swizzle): Q 128 × 128 bf16 (32 KB), then 3
 // stages of K (32 KB) and 3 of V (32 KB): 229,376 B + 1,024 alignment slack; 9 mbarriers in static shared memory.
