@@ -24,12 +24,17 @@ import assert from 'node:assert/strict';
 import { KV_BLOCK_SIZE, type AttentionSegment, type Tensor } from '../../src/backend/backend.js';
 import type { CudaTensor } from '../../src/backend/cuda/cuda-backend.js';
 import type { OpRuntime } from '../../src/backend/cuda/runtime.js';
-import { attentionDecode, attentionPrefill } from '../../src/backend/cuda/ops/attention.js';
+import { attentionDecode, attentionPrefill, type PrefillKernel } from '../../src/backend/cuda/ops/attention.js';
 import { roundBf16 } from '../../src/util/dtype.js';
 import { Rng, bf16Values, cpu, getGpu, poison, randn, relErr, type Gpu } from '../helpers/gpu.js';
 
 const { gpu, reason } = await getGpu();
 const skip: string | false = gpu ? false : (reason ?? 'no GPU');
+const arch = gpu ? (gpu.backend as unknown as OpRuntime).ctx.info.arch : '';
+const skipSm90: string | false = skip || (arch === 'sm_90a' ? false : `the wgmma prefill kernel needs sm_90a (device: ${arch})`);
+
+/** The Dh 128 prefill kernels the forced-kernel test runs (kernels/attention_sm90.cu variants, then attention.cu's). */
+const SM90_VARIANTS: readonly PrefillKernel[] = ['sm90', 'sm90-serial', 'sm90-ov', 'sm90-pp', 'sm90-smx', 'mma'];
 
 /** Norm-relative error bounds (see the file header). */
 const TOL_TC = 6e-3;
@@ -155,14 +160,14 @@ function release(g: Gpu, b: Built): void {
 }
 
 /** Runs the op on the GPU into a poisoned output and downloads it. */
-function runGpu(g: Gpu, b: Built, mode: Mode): Float32Array {
+function runGpu(g: Gpu, b: Built, mode: Mode, kernel: PrefillKernel = 'auto'): Float32Array {
   const { H, Hkv, Dh, T } = b;
   const out = g.backend.alloc([T, H, Dh], 'bf16');
   poison(g, out);
   const scale = 1 / Math.sqrt(Dh);
   const rt = g.backend as unknown as OpRuntime;
   if (mode === 'backend') g.backend.attention(out, b.qG, b.segsG, scale);
-  else if (mode === 'prefill') attentionPrefill(rt, out as CudaTensor, b.qG as CudaTensor, b.segsG, H, Hkv, Dh, scale);
+  else if (mode === 'prefill') attentionPrefill(rt, out as CudaTensor, b.qG as CudaTensor, b.segsG, H, Hkv, Dh, scale, kernel);
   else attentionDecode(rt, out as CudaTensor, b.qG as CudaTensor, b.segsG, H, Hkv, Dh, scale);
   g.backend.synchronize();
   const res = g.backend.toFloat32(out);
@@ -330,6 +335,34 @@ test('attention, several segments of different lengths in one call (prefill and 
   fullCase(t, 701, 4, 2, 64, specs, 'backend', TOL_TC, 'backend, Dh 64');
   // the prefill kernel itself with one-row segments among longer ones
   fullCase(t, 702, 4, 2, 128, specs, 'prefill', TOL_TC, 'prefill kernel, Dh 128');
+});
+
+test('attention prefill, each Dh 128 kernel forced (the sm90 variants and mma): segments, past, GQA, against the CPU backend and each other', { skip: skipSm90 }, (t) => {
+  const g = need();
+  const cases: { seed: number; H: number; Hkv: number; specs: SegSpec[]; qScale?: number }[] = [
+    {
+      seed: 1500, H: 4, Hkv: 2,
+      specs: [{ len: 1, past: 0 }, { len: 130, past: 0 }, { len: 65, past: 40 }, { len: 300, past: 77 }, { len: 129, past: 128 }, { len: 256, past: 1000 }, { len: 7, past: 190 }],
+    },
+    { seed: 1501, H: 64, Hkv: 8, specs: [{ len: 200, past: 63 }, { len: 127, past: 1 }] },
+    { seed: 1502, H: 8, Hkv: 1, specs: [{ len: 1000, past: 0 }], qScale: 4 },
+  ];
+  for (const c of cases) {
+    const b = build(g, c.seed, c.H, c.Hkv, 128, c.specs, c.qScale ?? 1);
+    try {
+      const want = runCpu(b);
+      const got: Partial<Record<PrefillKernel, Float32Array>> = {};
+      for (const k of SM90_VARIANTS) {
+        got[k] = runGpu(g, b, 'prefill', k);
+        compareFull(t, b, got[k], want, TOL_TC, `seed ${c.seed}, ${k}`);
+      }
+      const diffs = SM90_VARIANTS.filter((k) => k !== 'sm90').map((k) => [k, relErr(got.sm90!, got[k]!)] as const);
+      t.diagnostic(`seed ${c.seed}: relative difference of sm90 to ${diffs.map(([k, d]) => `${k} ${d.toExponential(2)}`).join(', ')}`);
+      for (const [k, d] of diffs) assert.ok(d <= TOL_TC, `seed ${c.seed}: sm90 and ${k} disagree (${d})`);
+    } finally {
+      release(g, b);
+    }
+  }
 });
 
 test('attention prefill, Dh 64 (tensor cores): lengths 1, 65, 300', { skip }, (t) => {

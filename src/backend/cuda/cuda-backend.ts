@@ -141,7 +141,7 @@ export class CudaBackend implements Backend, OpRuntime {
 
   /** Compiles every kernel file up front (start-up time instead of first-token time). */
   preloadKernels(): void {
-    this.kernels.preload(['elementwise', 'lightning', 'attention', 'moe', 'sampling']);
+    this.kernels.preload(['elementwise', 'lightning', 'attention', 'moe', 'sampling', ...(this.ctx.info.arch === 'sm_90a' ? ['attention_sm90'] : [])]);
   }
 
   // ------------------------------------------------------------------ memory

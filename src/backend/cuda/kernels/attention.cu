@@ -26,6 +26,9 @@
 // Scores inside the kernels are kept in the base-2 domain: x = q·k · scale · log2(e), p = 2^(x − m); part_ml's m is
 // in that domain too (the reduce kernel uses exp2 on it). Mathematically identical to exp(q·k·scale − max).
 //
+// On Hopper (sm_90a) the Dh 128 prefill runs kernels/attention_sm90.cu instead (wgmma, same function and arguments);
+// attention_prefill_bf16_d128 below stays the fallback (LMOE_ATTN_SM90=0, other architectures).
+//
 // Kernels (all 128 threads = 4 warps; the host wrapper is src/backend/cuda/ops/attention.ts):
 //   attention_prefill_bf16_d64 / _d128      flash-attention 2 with tensor cores (mma.sync m16n8k16, bf16 → fp32).
 //       grid (⌈maxLen/64⌉, H, nseg): a CTA per (64-row query tile, query head, segment); blockIdx.x is reversed so

@@ -8,7 +8,9 @@
  * the kernels' 64-row key tiles: every tile, decode stage and split starts on a block, so a tile is one lookup.
  *
  * Prefill segments: a flash-attention kernel over (query tile of 64 rows, head, segment) with tensor cores for
- * Dh = 64 / 128, no N×N matrix in memory; any other Dh ≤ 256 takes a scalar kernel (a warp per query row).
+ * Dh = 64 / 128, no N×N matrix in memory; any other Dh ≤ 256 takes a scalar kernel (a warp per query row). On Hopper
+ * (sm_90a) Dh = 128 takes kernels/attention_sm90.cu instead (wgmma, 128-row query tiles, a producer warpgroup), same
+ * function and arguments (see PrefillKernel).
  * Decode segments (one query): a split-K kernel over (segment, kv head, split) writing partial (max, sum, output)
  * per split and query head, then a reduce kernel. The number of splits depends on the batch and kv heads only (see
  * decodeSplits), so a decode step's launches do not
@@ -104,14 +106,45 @@ function tensorCorePath(Dh: number, o: CudaTensor, q: CudaTensor, segs: readonly
   return aligned(o.ptr) && aligned(q.ptr) && segs.every((g) => aligned((g.k as CudaTensor).ptr) && aligned((g.v as CudaTensor).ptr));
 }
 
-export function attentionPrefill(rt: OpRuntime, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[], H: number, Hkv: number, Dh: number, scale: number): void {
+/**
+ * Which prefill kernel runs where several could: 'auto' takes the Hopper kernel (kernels/attention_sm90.cu, wgmma)
+ * on sm_90a for Dh = 128 unless $LMOE_ATTN_SM90 is '0'; any other value of it names a variant of that kernel
+ * (attention_prefill_sm90_d128_<value>, for measurements). 'sm90' / 'sm90-<variant>' force one (sm_90a only),
+ * 'mma' the mma.sync kernel of attention.cu. Any of them falls back to the generic kernel where the tensor-core path
+ * does not apply.
+ */
+export type PrefillKernel = 'auto' | 'mma' | 'sm90' | `sm90-${string}`;
+
+/** Query rows per CTA and dynamic shared memory of the sm_90a kernel (see its file header). */
+const SM90_TILE = 128;
+const SM90_SHARED = 128 * 128 * 2 * 7 + 1024; // Q + 3 stages × (K + V), 128 × 128 bf16 each, + 1024-byte alignment slack
+
+function pickPrefill(rt: OpRuntime, Dh: number, kernel: PrefillKernel): string {
+  const sm90 = rt.ctx.info.arch === 'sm_90a' && Dh === 128;
+  if (kernel === 'auto') {
+    const env = process.env.LMOE_ATTN_SM90;
+    if (!sm90 || env === '0') return 'mma';
+    return env === undefined || env === '' || env === '1' ? 'sm90' : `sm90-${env}`;
+  }
+  if (kernel !== 'mma' && !sm90) throw new UnsupportedError(`attention: the ${kernel} prefill kernel needs sm_90a and Dh = 128 (got ${rt.ctx.info.arch}, Dh ${Dh})`);
+  return kernel;
+}
+
+export function attentionPrefill(
+  rt: OpRuntime, o: CudaTensor, q: CudaTensor, segs: readonly AttentionSegment[], H: number, Hkv: number, Dh: number, scale: number,
+  kernel: PrefillKernel = 'auto',
+): void {
   checkHeads(H, Hkv, Dh);
   checkPagedSegments(segs, Hkv, Dh, 'attention');
   const t = segmentTables(rt, segs);
   const maxLen = Math.max(0, ...segs.map((g) => g.length));
   if (maxLen === 0) return;
   const args = [o.ptr, q.ptr, t.starts, t.lens, t.pasts, t.kc, t.vc, t.bt, i32(H), i32(Hkv), i32(Dh), f32(scale)];
-  if (tensorCorePath(Dh, o, q, segs)) {
+  const which = tensorCorePath(Dh, o, q, segs) ? pickPrefill(rt, Dh, kernel) : undefined;
+  if (which !== undefined && which !== 'mma') {
+    const name = which === 'sm90' ? 'attention_prefill_sm90_d128' : `attention_prefill_sm90_d128_${which.slice(5)}`;
+    rt.launch('attention_sm90', name, [Math.ceil(maxLen / SM90_TILE), H, segs.length], [384], SM90_SHARED, args);
+  } else if (which === 'mma') {
     rt.launch('attention', `attention_prefill_bf16_d${Dh}`, [Math.ceil(maxLen / PREFILL_TILE), H, segs.length], [128], prefillShared(Dh), args);
   } else {
     rt.launch('attention', 'attention_prefill_bf16_generic', [Math.ceil(maxLen / GENERIC_ROWS), H, segs.length], [128], 0, args);
