@@ -88,6 +88,12 @@ export class Checkpoint {
     throw new WeightsError(`no ${SINGLE_FILE} or ${INDEX_FILE} in ${abs}`, { file: abs });
   }
 
+  /** Opens one safetensors file on its own (optimizer state and other side files of a checkpoint). */
+  static async openFile(file: string): Promise<Checkpoint> {
+    const abs = path.resolve(file);
+    return new Checkpoint(path.dirname(abs), [await readSafetensorsHeader(abs)]);
+  }
+
   /** The entry of tensor `name`; throws `WeightsError` naming it when the checkpoint has no such tensor. */
   get(name: string): TensorEntry {
     const e = this.tensors.get(name);
