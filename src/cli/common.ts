@@ -4,6 +4,9 @@
  * so pipes and --json output stay clean; stdout never carries progress).
  */
 
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { loadModel, type Device, type Model } from '../engine/model.js';
 import type { GenerateOptions, PrefillProgress } from '../engine/generate.js';
 import { formatCount } from '../util/units.js';
@@ -27,7 +30,8 @@ export const SAMPLING_OPTIONS: OptionSpec = {
   'ignore-eos': { type: 'boolean' },
 };
 
-export const MODEL_HELP = `  -m, --model DIR        checkpoint directory (config.json, *.safetensors, tokenizer.json)
+export const MODEL_HELP = `  -m, --model DIR        checkpoint directory (config.json, *.safetensors, tokenizer.json); default: the
+                         embedded minimax-tiny model shipped with lightning-moe
       --device NAME      cuda | cpu | auto (default auto: CUDA when a GPU is usable, else CPU)
       --verbose          print stack traces on errors
   -h, --help             show this help`;
@@ -52,10 +56,17 @@ export const PREFILL_HELP = `      --prefill-chunk N  prompt tokens per forward 
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
+/**
+ * The small model trained by this project and shipped in the package (models/minimax-tiny, see its README):
+ * what generate / chat / serve / logits run when no --model is given, so a fresh clone shows real text.
+ */
+export const EMBEDDED_MODEL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../models/minimax-tiny');
+
 export function requireModel(v: Values, command: string): string {
   const dir = str(v.model);
-  if (!dir) throw new UsageError('--model DIR is required', command);
-  return dir;
+  if (dir) return dir;
+  if (fs.existsSync(path.join(EMBEDDED_MODEL_DIR, 'config.json'))) return EMBEDDED_MODEL_DIR;
+  throw new UsageError('--model DIR is required (this installation has no embedded default model)', command);
 }
 
 export function device(v: Values, command: string): Device {

@@ -146,6 +146,14 @@ async function readFloat(ck: Checkpoint, name: string): Promise<Float64Array> {
 /** Parameter values of a checkpoint directory (any layout lmoe loads), in spec order. */
 export async function loadParamValues(dir: string, c: ModelConfig, specs: readonly ParamSpec[]): Promise<Float64Array[]> {
   const ck = await Checkpoint.open(dir);
+  try {
+    return await readSlots(ck, dir, c, specs);
+  } finally {
+    await ck.close();
+  }
+}
+
+async function readSlots(ck: Checkpoint, dir: string, c: ModelConfig, specs: readonly ParamSpec[]): Promise<Float64Array[]> {
   const out: Float64Array[] = [];
   for (const s of specs) {
     const parts = checkpointTensors(c, s, new Float64Array(s.shape.reduce((a, b) => a * b, 1)), 'F32');
@@ -175,13 +183,17 @@ export async function loadOptimizerState(dir: string, specs: readonly ParamSpec[
   const file = path.join(dir, 'optimizer.safetensors');
   if (!fs.existsSync(file)) throw new WeightsError(`${file}: not found (a checkpoint written without optimizer state cannot be resumed)`, { file });
   const ck = await Checkpoint.openFile(file);
-  const params: Float64Array[] = [], m: Float64Array[] = [], v: Float64Array[] = [];
-  for (const s of specs) {
-    params.push(await readFloat(ck, `p.${s.key}`));
-    m.push(await readFloat(ck, `m.${s.key}`));
-    v.push(await readFloat(ck, `v.${s.key}`));
+  try {
+    const params: Float64Array[] = [], m: Float64Array[] = [], v: Float64Array[] = [];
+    for (const s of specs) {
+      params.push(await readFloat(ck, `p.${s.key}`));
+      m.push(await readFloat(ck, `m.${s.key}`));
+      v.push(await readFloat(ck, `v.${s.key}`));
+    }
+    return { params, m, v };
+  } finally {
+    await ck.close();
   }
-  return { params, m, v };
 }
 
 export { loadModelConfig };
