@@ -33,7 +33,7 @@ import type { ModelConfig } from '../src/config/config.js';
 import { KV_BLOCK_SIZE } from '../src/backend/backend.js';
 import { Rng } from '../src/engine/sampling.js';
 import { randomWeights, sliceConfig } from './slice.js';
-import { gitCommit, median, today } from './common.js';
+import { gitCommit, median, mergeResults, today } from './common.js';
 
 const log = (s: string): void => console.log(s);
 
@@ -134,24 +134,6 @@ function newModel(b: CudaBackend, c: ModelConfig, maxTokens: number): MiniMax01 
   return new MiniMax01(c, b, weights, 'bf16', { maxSequences: 2, initialKvBlocks: blocks, maxKvBlocks: blocks });
 }
 
-interface Entry {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: null;
-  details: Record<string, unknown>;
-}
-
-function merge(entries: Entry[], gpu: string): void {
-  const file = process.env.LMOE_BENCH_OUT ?? path.join('bench', 'results', 'h200.json');
-  const cur = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : { date: today(), commit: gitCommit(), gpu, results: [] };
-  const names = new Set(entries.map((e) => e.name));
-  cur.results = [...(cur.results as Entry[]).filter((r) => !names.has(r.name)), ...entries];
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(cur, null, 2) + '\n');
-  log(`merged ${[...names].join(', ')} into ${file}`);
-}
-
 const fmtSplit = (s: LayerSplit): string => `lightning attention ${(s.lightningAttention / 1000).toFixed(2)} s, softmax attention ${(s.softmaxAttention / 1000).toFixed(2)} s, MoE ${(s.moe / 1000).toFixed(2)} s`;
 
 function sliceSeries(): void {
@@ -187,7 +169,7 @@ function sliceSeries(): void {
   log(`scaling series written to ${scalingFile}`);
   const m = series.find((s) => s.prefill.tokens === 1 << 20);
   if (m) {
-    merge([{
+    mergeResults([{
       name: 'slice_prefill_1m_s', value: m.prefill.seconds, unit: 's', baseline: null,
       details: {
         commit, date: today(), tokens: m.prefill.tokens, chunk, tokens_per_s: m.prefill.tokens / m.prefill.seconds,
@@ -195,6 +177,7 @@ function sliceSeries(): void {
         moe_s: m.prefill.split.moe / 1000, other_s: m.prefill.otherSeconds, decode_ms_per_token_after: m.decode.msPerToken,
       },
     }], b.ctx.info.name);
+    log('merged slice_prefill_1m_s');
   }
   net.dispose();
 }
@@ -215,13 +198,14 @@ function tp8share(): void {
   seq.dispose();
   const commit = gitCommit();
   const common = { commit, date: today(), model: 'TP8 share: hidden 6144, 8 layers (7 lightning + 1 softmax), 8 × 128 heads, 1 kv head, 4 experts × 9216 top-2, vocab 200064', chunk };
-  merge([
+  mergeResults([
     {
       name: 'tp8share_prefill_4m_s', value: run.seconds, unit: 's', baseline: null,
       details: { ...common, tokens: N, tokens_per_s: N / run.seconds, lightning_attention_s: run.split.lightningAttention / 1000, softmax_attention_s: run.split.softmaxAttention / 1000, moe_s: run.split.moe / 1000, other_s: run.otherSeconds },
     },
     { name: 'tp8share_decode_ms_at_4m', value: dec.msPerToken, unit: 'ms', baseline: null, details: { ...common, context: dec.context, groups_ms: dec.groupsMs } },
   ], b.ctx.info.name);
+  log('merged tp8share_prefill_4m_s, tp8share_decode_ms_at_4m');
   net.dispose();
 }
 

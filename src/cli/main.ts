@@ -11,8 +11,9 @@ import * as chat from './commands/chat.js';
 import * as inspect from './commands/inspect.js';
 import * as logits from './commands/logits.js';
 import * as serve from './commands/serve.js';
+import * as train from './commands/train.js';
 
-const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = { generate, chat, inspect, logits, serve };
+const COMMANDS: Record<string, { run: (argv: string[]) => Promise<number>; help: string }> = { generate, chat, inspect, logits, serve, train };
 
 const HELP = `lmoe — run MiniMax-01 (MiniMax-Text-01, MiniMax-M1) checkpoints from Node.
 
@@ -24,6 +25,7 @@ Commands:
   inspect    architecture, parameter count and memory estimate of a checkpoint or config.json
   logits     print {"logits": number[][]} for a list of token ids
   serve      OpenAI-compatible HTTP server with continuous batching
+  train      train a model of this architecture from a config file (CPU or GPU)
 
 Run "lmoe <command> --help" for a command's options.`;
 
