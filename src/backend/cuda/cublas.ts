@@ -102,6 +102,29 @@ export class Cublas {
     );
   }
 
+  /**
+   * General column-major GEMM (the training backward): C[m, n] = op(A)·op(B) (+ C when accumulate), op = transpose
+   * when the flag is set; fp32 compute for any type combination cublasGemmEx accepts (bf16 × bf16 → fp32, all fp32).
+   */
+  gemm(
+    transA: boolean, transB: boolean, m: number, n: number, k: number,
+    a: DevicePtr, aType: number, lda: number,
+    b: DevicePtr, bType: number, ldb: number,
+    c: DevicePtr, cType: number, ldc: number,
+    accumulate = false,
+  ): void {
+    if (m === 0 || n === 0) return;
+    check(
+      this.f.cublasGemmEx(
+        this.handle, transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
+        this.one, a, aType, lda, b, bType, ldb,
+        accumulate ? this.one : this.zero, c, cType, ldc,
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT,
+      ),
+      `cublasGemmEx(gemm m=${m} n=${n} k=${k})`,
+    );
+  }
+
   destroy(): void {
     check(this.f.cublasDestroy_v2(this.handle), 'cublasDestroy');
   }

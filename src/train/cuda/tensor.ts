@@ -1,0 +1,55 @@
+/**
+ * Training tensors on the GPU: 'float' is f32, 'i32' is int32 (both 4 bytes), row-major, contiguous. Views share
+ * their owner's storage.
+ */
+
+import { ShapeError } from '../../util/errors.js';
+import type { DevicePtr } from '../../backend/cuda/driver.js';
+import type { TrainDType, TTensor } from '../backend.js';
+
+export class CudaTTensor implements TTensor {
+  constructor(
+    readonly shape: readonly number[],
+    readonly dtype: TrainDType,
+    readonly ptr: DevicePtr,
+    /** True for the tensor that owns the allocation (views do not). */
+    readonly owner: boolean,
+  ) {}
+
+  get size(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  get bytes(): number {
+    return this.size * 4;
+  }
+}
+
+export function cu(t: TTensor, what: string): CudaTTensor {
+  if (!(t instanceof CudaTTensor)) throw new ShapeError(`${what}: expected a CUDA training tensor`);
+  return t;
+}
+
+/** `t` with exactly these dims (undefined = any) and dtype. */
+export function dims(t: TTensor, what: string, want: readonly (number | undefined)[], dtype: TrainDType = 'float'): CudaTTensor {
+  const c = cu(t, what);
+  const ok = c.shape.length === want.length && want.every((d, i) => d === undefined || d === c.shape[i]);
+  if (!ok) throw new ShapeError(`${what}: expected shape [${want.map((d) => d ?? '?').join(', ')}], got [${c.shape.join(', ')}]`);
+  if (c.dtype !== dtype) throw new ShapeError(`${what}: expected ${dtype}, got ${c.dtype}`);
+  return c;
+}
+
+/** `t` read as rows of `cols` elements (any leading shape): the row count. */
+export function rowsOf(t: CudaTTensor, cols: number, what: string): number {
+  const last = t.shape[t.shape.length - 1];
+  if (t.shape.length === 0 || last !== cols) throw new ShapeError(`${what}: expected rows of ${cols}, got shape [${t.shape.join(', ')}]`);
+  return t.size / cols;
+}
+
+/** `t` has `n` elements and dtype. */
+export function sized(t: TTensor, what: string, n: number, dtype: TrainDType = 'float'): CudaTTensor {
+  const c = cu(t, what);
+  if (c.size !== n) throw new ShapeError(`${what}: expected ${n} elements, got shape [${c.shape.join(', ')}]`);
+  if (c.dtype !== dtype) throw new ShapeError(`${what}: expected ${dtype}, got ${c.dtype}`);
+  return c;
+}
