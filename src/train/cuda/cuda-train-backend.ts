@@ -320,8 +320,8 @@ export class CudaTrainBackend implements TrainBackend {
     const I = I2 / 2;
     if (!Number.isInteger(I)) throw new ShapeError(`moe w13: ${I2} rows per expert is not 2·I`);
     dims(w2, 'moe w2', [E, D, I]);
-    const T = dims(x, 'moe x', [undefined, D]).shape[0];
-    const K = dims(indices, 'moe indices', [T, undefined], 'i32').shape[1];
+    const [T, K] = dims(indices, 'moe indices', [undefined, undefined], 'i32').shape;
+    sized(x, 'moe x', T * D);
     return { T, K, E, D, I };
   }
 
