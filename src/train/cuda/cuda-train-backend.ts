@@ -144,7 +144,10 @@ export class CudaTrainBackend implements TrainBackend {
     const o = sized(this.out(out), 'sumSquares out', 1);
     const c = cu(x, 'sumSquares x');
     if (c.dtype !== 'float') throw new ShapeError('sumSquares: x must be float');
-    this.launch('train', 'train_sum_squares', [gridFor(c.size)], [256], [o.ptr, c.ptr, i64(c.size)]);
+    const blocks = gridFor(c.size);
+    const part = this.cuda.scratch('train.sumsq', blocks * 8);
+    this.launch('train', 'train_sum_squares', [blocks], [256], [part, c.ptr, i64(c.size)]);
+    this.launch('train', 'train_sum_squares_final', [1], [256], [o.ptr, part, i32(blocks)]);
   }
 
   // ------------------------------------------------------------------ embedding
