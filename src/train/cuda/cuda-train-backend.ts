@@ -144,7 +144,10 @@ export class CudaTrainBackend implements TrainBackend {
     const o = sized(this.out(out), 'sumSquares out', 1);
     const c = cu(x, 'sumSquares x');
     if (c.dtype !== 'float') throw new ShapeError('sumSquares: x must be float');
-    this.launch('train', 'train_sum_squares', [gridFor(c.size)], [256], [o.ptr, c.ptr, i64(c.size)]);
+    const blocks = gridFor(c.size);
+    const part = this.cuda.scratch('train.sumsq', blocks * 8);
+    this.launch('train', 'train_sum_squares', [blocks], [256], [part, c.ptr, i64(c.size)]);
+    this.launch('train', 'train_sum_squares_final', [1], [256], [o.ptr, part, i32(blocks)]);
   }
 
   // ------------------------------------------------------------------ embedding
@@ -320,8 +323,8 @@ export class CudaTrainBackend implements TrainBackend {
     const I = I2 / 2;
     if (!Number.isInteger(I)) throw new ShapeError(`moe w13: ${I2} rows per expert is not 2·I`);
     dims(w2, 'moe w2', [E, D, I]);
-    const T = dims(x, 'moe x', [undefined, D]).shape[0];
-    const K = dims(indices, 'moe indices', [T, undefined], 'i32').shape[1];
+    const [T, K] = dims(indices, 'moe indices', [undefined, undefined], 'i32').shape;
+    sized(x, 'moe x', T * D);
     return { T, K, E, D, I };
   }
 

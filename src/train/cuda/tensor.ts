@@ -39,11 +39,11 @@ export function dims(t: TTensor, what: string, want: readonly (number | undefine
   return c;
 }
 
-/** `t` read as rows of `cols` elements (any leading shape): the row count. */
+/** `t` read as rows of `cols` elements (any shape whose size is a multiple of cols): the row count. */
 export function rowsOf(t: CudaTTensor, cols: number, what: string): number {
-  const last = t.shape[t.shape.length - 1];
-  if (t.shape.length === 0 || last !== cols) throw new ShapeError(`${what}: expected rows of ${cols}, got shape [${t.shape.join(', ')}]`);
-  return t.size / cols;
+  if (t.dtype !== 'float') throw new ShapeError(`${what}: expected float, got ${t.dtype}`);
+  if (cols <= 0 ? t.size !== 0 : t.size % cols !== 0) throw new ShapeError(`${what}: shape [${t.shape.join(', ')}] is not rows of ${cols}`);
+  return cols > 0 ? t.size / cols : 0;
 }
 
 /** `t` has `n` elements and dtype. */

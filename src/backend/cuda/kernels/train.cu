@@ -3,7 +3,7 @@
 // rounding. Elementwise kernels are grid-stride loops with 64-bit indices (T·V, parameter counts pass 2^31).
 //
 //   train_axpby, train_scale                 out = a·x + b·y (out may alias x or y);  x *= s
-//   train_sum_squares                        out[0] += Σ x² (double per thread, one atomicAdd per block)
+//   train_sum_squares(_final)                out[0] += Σ x² (double partials per block, then one block adds them)
 //   train_embedding_fwd / _bwd               out[t] = table[ids[t]];  dTable[ids[t]] += dOut[t] (atomicAdd)
 //   train_rms_norm_fwd                       out = w ⊙ x · rstd, rstd saved; one block per row (out may alias x)
 //   train_rms_norm_bwd_dx                    one block per row; dx = / += rstd·w⊙g − rstd³·x·⟨w⊙g, x⟩ / C
@@ -33,22 +33,38 @@ static __device__ __forceinline__ double warp_sum_d(double v) {
   return v;
 }
 
-// Block of 256. Per-thread partial sums in double so the gradient norm of a billion-element tensor is not limited by
-// fp32 accumulation; the block total is added to out[0] in fp32.
-extern "C" __global__ void __launch_bounds__(256) train_sum_squares(float* out, const float* __restrict__ x, i64 n) {
-  __shared__ double part[8];
+// Block of 256. Partial sums in double so the gradient norm of a billion-element tensor is not limited by fp32
+// accumulation: each block writes its total to part[blockIdx.x], and train_sum_squares_final (one block) adds the
+// partials in a fixed order to out[0] — deterministic, unlike an atomicAdd per block.
+extern "C" __global__ void __launch_bounds__(256) train_sum_squares(double* __restrict__ part, const float* __restrict__ x, i64 n) {
+  __shared__ double warps[8];
   double acc = 0.0;
   GRID_STRIDE(i, n) {
     const double v = (double)x[i];
     acc += v * v;
   }
   acc = warp_sum_d(acc);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
     double s = 0.0;
-    for (int w = 0; w < 8; ++w) s += part[w];
-    atomicAdd(out, (float)s);
+    for (int w = 0; w < 8; ++w) s += warps[w];
+    part[blockIdx.x] = s;
+  }
+}
+
+// One block of 256 over `blocks` partials.
+extern "C" __global__ void __launch_bounds__(256) train_sum_squares_final(float* out, const double* __restrict__ part, int blocks) {
+  __shared__ double warps[8];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < blocks; i += 256) acc += part[i];
+  acc = warp_sum_d(acc);
+  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = 0.0;
+    for (int w = 0; w < 8; ++w) s += warps[w];
+    out[0] = (float)((double)out[0] + s);
   }
 }
 
