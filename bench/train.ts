@@ -56,7 +56,7 @@ function paramCounts(cfg: TrainConfig): { total: number; active: number } {
 
 async function trainOne(file: string, name: string, steps: number, outRoot: string): Promise<RunResult> {
   const cfg0 = await loadTrainConfig(file);
-  const cfg: TrainConfig = { ...cfg0, run: { ...cfg0.run, out: path.join(outRoot, name), device: 'cuda', saveEvery: 0 } };
+  const cfg: TrainConfig = { ...cfg0, data: { ...cfg0.data, cacheDir: path.join(outRoot, 'cache') }, run: { ...cfg0.run, out: path.join(outRoot, name), device: 'cuda', saveEvery: 0 } };
   fs.rmSync(cfg.run.out, { recursive: true, force: true });
   const r = await prepareRun(cfg, { steps, onStatus: (s) => log(`${name}: ${s}`) });
   const counts = paramCounts(cfg);

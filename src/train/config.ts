@@ -31,6 +31,8 @@ const schema = z
       valFraction: z.number().min(0).max(0.5).default(0.01),
       maxSeqLen: posInt.default(512),
       tokensPerBatch: posInt.default(8192),
+      /** Where the tokenised corpus is cached (default: run.out/cache). */
+      cacheDir: z.string().optional(),
     }),
     optim: z
       .strictObject({
@@ -98,7 +100,7 @@ export async function loadTrainConfig(file: string): Promise<TrainConfig> {
     modelJson,
     file: path.resolve(file),
     tokenizer: rel(c.tokenizer),
-    data: { ...c.data, train: c.data.train.map(rel) },
+    data: { ...c.data, train: c.data.train.map(rel), cacheDir: c.data.cacheDir === undefined ? undefined : rel(c.data.cacheDir) },
     run: { ...c.run, out: rel(c.run.out) },
   };
 }

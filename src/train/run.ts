@@ -67,7 +67,7 @@ export async function prepareRun(cfg: TrainConfig, o: PrepareOptions = {}): Prom
     throw new ConfigError(`${cfg.file}: the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${cfg.model.vocabSize}`, { file: cfg.file, field: 'model.vocab_size' });
   }
   status(`tokenising ${cfg.data.train.length} file(s)`);
-  const corpus = await loadCorpus(cfg.data.train, tokenizer, { cacheDir: path.join(cfg.run.out, 'cache') });
+  const corpus = await loadCorpus(cfg.data.train, tokenizer, { cacheDir: cfg.data.cacheDir ?? path.join(cfg.run.out, 'cache') });
   const split = splitDocuments(corpus, { validationFraction: cfg.data.valFraction, seed: cfg.run.seed });
   const loaderOptions = { tokensPerBatch: cfg.data.tokensPerBatch, maxSeqLen: cfg.data.maxSeqLen, seed: cfg.run.seed };
   const validation: TrainBatch[] = [];
