@@ -80,7 +80,8 @@ async function trainOne(file: string, name: string, steps: number, outRoot: stri
     tokensPerSec: tps, finalValLoss: last?.valLoss ?? NaN, finalTrainLoss: last?.loss ?? NaN, seconds, records,
   };
   if (name === 'moe' && process.env.LMOE_EXPORT) {
-    r.trainer.export(process.env.LMOE_EXPORT, 'BF16');
+    // Shards of ≤ 12 MiB: what comes back from the device machine is limited per file.
+    r.trainer.export(process.env.LMOE_EXPORT, 'BF16', { maxShardBytes: 12 << 20, tokenizer: false });
     log(`exported the MoE model (bf16) to ${process.env.LMOE_EXPORT}`);
   }
   r.trainer.dispose();

@@ -100,13 +100,49 @@ export interface SaveOptions {
   readonly optimizer?: OptimizerState;
   /** trainer_state.json contents (resume). */
   readonly state?: unknown;
+  /**
+   * Split the weights into shards of at most this many bytes (model-0000k-of-0000n.safetensors plus
+   * model.safetensors.index.json, as large checkpoints are published); default: one model.safetensors.
+   */
+  readonly maxShardBytes?: number;
+}
+
+const DTYPE_SIZE = { F32: 4, BF16: 2, F64: 8 } as const;
+
+/** Writes the weights as one file or as shards with an index; returns the files written. */
+function writeWeights(dir: string, tensors: readonly TensorToWrite[], maxShardBytes: number | undefined): string[] {
+  for (const f of fs.readdirSync(dir)) if (/^model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$/.test(f)) fs.rmSync(path.join(dir, f));
+  const shards: TensorToWrite[][] = [[]];
+  let bytes = 0;
+  for (const t of tensors) {
+    const n = t.data.length * DTYPE_SIZE[t.dtype];
+    if (maxShardBytes !== undefined && bytes > 0 && bytes + n > maxShardBytes) {
+      shards.push([]);
+      bytes = 0;
+    }
+    shards[shards.length - 1].push(t);
+    bytes += n;
+  }
+  if (shards.length === 1) {
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+    return ['model.safetensors'];
+  }
+  const names = shards.map((_, i) => `model-${String(i + 1).padStart(5, '0')}-of-${String(shards.length).padStart(5, '0')}.safetensors`);
+  const weightMap: Record<string, string> = {};
+  shards.forEach((sh, i) => {
+    writeSafetensors(path.join(dir, names[i]), sh, { format: 'pt' });
+    for (const t of sh) weightMap[t.name] = names[i];
+  });
+  const total = tensors.reduce((a, t) => a + t.data.length * DTYPE_SIZE[t.dtype], 0);
+  writeJson(path.join(dir, 'model.safetensors.index.json'), { metadata: { total_size: total }, weight_map: weightMap });
+  return [...names, 'model.safetensors.index.json'];
 }
 
 /** Writes a checkpoint directory (created if needed; files replaced atomically one by one). */
 export function saveCheckpoint(dir: string, c: ModelConfig, specs: readonly ParamSpec[], values: readonly (Float64Array | Float32Array)[], o: SaveOptions): void {
   fs.mkdirSync(dir, { recursive: true });
   const tensors = specs.flatMap((s, i) => checkpointTensors(c, s, values[i], o.dtype));
-  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  writeWeights(dir, tensors, o.maxShardBytes);
   writeJson(path.join(dir, 'config.json'), originalConfigJson(c, o.dtype === 'BF16' ? 'bfloat16' : 'float32'));
   if (o.tokenizerDir) {
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) {

@@ -153,9 +153,11 @@ export class Trainer {
     });
   }
 
-  /** Writes only the inference weights (an export, e.g. bf16 for the embedded model). */
-  export(dir: string, dtype: 'F32' | 'BF16'): void {
-    saveCheckpoint(dir, this.options.config, this.specs, this.params.read(), { dtype, tokenizerDir: this.options.tokenizerDir });
+  /** Writes only the inference weights (an export, e.g. bf16 for the embedded model), optionally in shards. */
+  export(dir: string, dtype: 'F32' | 'BF16', o: { maxShardBytes?: number; tokenizer?: boolean } = {}): void {
+    saveCheckpoint(dir, this.options.config, this.specs, this.params.read(), {
+      dtype, tokenizerDir: o.tokenizer === false ? undefined : this.options.tokenizerDir, maxShardBytes: o.maxShardBytes,
+    });
   }
 
   /**

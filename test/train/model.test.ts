@@ -207,6 +207,17 @@ test('checkpoint → resume continues exactly; the inference loader reads the ch
     const rel = Math.abs(ce - want.ceSum) / want.ceSum;
     t.diagnostic(`inference engine (f32) vs trainer (f64) loss on the checkpoint: relative difference ${rel.toExponential(2)}`);
     assert.ok(rel < 1e-5, `inference CE ${ce} vs trainer ${want.ceSum}`);
+
+    // A sharded export (index + shards) loads to the same logits as the single file.
+    const sharded = path.join(dir, 'sharded');
+    b1.export(sharded, 'F32', { maxShardBytes: 4096 });
+    const files = fs.readdirSync(sharded).filter((f) => f.endsWith('.safetensors'));
+    assert.ok(files.length >= 2 && fs.existsSync(path.join(sharded, 'model.safetensors.index.json')), files.join(', '));
+    const one = await loadModel(ck, { device: 'cpu' }), many = await loadModel(sharded, { device: 'cpu' });
+    const ids = Array.from(batch.ids.subarray(0, 10));
+    assert.deepEqual(many.logits(ids), one.logits(ids));
+    one.dispose();
+    many.dispose();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
