@@ -108,7 +108,8 @@ test('usage errors are one line with exit status 2', () => {
     ['generate', '--model', dir, '--ids', '1', '--max-tokens', '0'],
     ['generate', '--model', dir, '--ids', '1', '--temperature', 'hot'],
     ['generate', '--model', dir, '--ids', '1', '--top-p', '1.5'],
-    ['logits', '--ids', '1'],
+    ['logits', '--ids', 'x'], // no --model: the embedded model, but the ids are checked first
+    ['logits', '--model', dir],
     ['logits', '--model', dir, '--ids', '1', '--frob'],
   ]) {
     const r = lmoe(args);

@@ -100,3 +100,16 @@ test('lmoe train: bad configs give one line naming the file and field', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the embedded minimax-tiny model: ≤ 25 MB, and lmoe generate uses it when no --model is given', () => {
+  const dir = path.join(REPO_ROOT, 'models', 'minimax-tiny');
+  const bytes = fs.readdirSync(dir).reduce((a, f) => a + fs.statSync(path.join(dir, f)).size, 0);
+  assert.ok(bytes <= 25 * 1024 * 1024, `models/minimax-tiny is ${bytes} bytes`);
+  const r = lmoe(['generate', '--device', 'cpu', '--prompt', 'Call me Ishmael.', '--max-tokens', '12', '--temperature', '0', '--json']);
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { ids: number[]; text: string };
+  assert.equal(out.ids.length, 12);
+  // Trained on English prose: greedy text is mostly letters and spaces, not byte soup.
+  const letters = out.text.replace(/[^A-Za-z ]/g, '').length;
+  assert.ok(letters >= 0.8 * out.text.length && out.text.trim().length > 10, JSON.stringify(out.text));
+});
