@@ -84,19 +84,8 @@ export class TrainModel {
     const b = this.backend, c = this.config;
     const T = batch.ids.length;
     const { hiddenSize: D, vocabSize: V, numLayers: L } = c;
-    validateBatch(batch, V);
-    const alloc: TTensor[] = [];
-    const buf = (shape: number[], dtype: 'float' | 'i32' = 'float'): TTensor => {
-      const t = b.alloc(shape, dtype);
-      alloc.push(t);
-      return t;
-    };
+    const { alloc, buf, ids, targets, positions, docs } = this.upload(batch);
     try {
-      const ids = buf([T], 'i32'); b.write(ids, batch.ids);
-      const targets = buf([T], 'i32'); b.write(targets, batch.targets);
-      const positions = buf([T], 'i32'); b.write(positions, batch.positions);
-      const offsetsT = buf([batch.offsets.length], 'i32'); b.write(offsetsT, batch.offsets);
-      const docs: Docs = { offsets: offsetsT, host: batch.offsets, count: batch.offsets.length - 1, maxLength: batch.maxLength };
       const routeLosses = buf([2]); b.fillZero(routeLosses);
 
       // ---- forward ----
@@ -159,19 +148,8 @@ export class TrainModel {
     const b = this.backend, c = this.config;
     const T = batch.ids.length;
     const { hiddenSize: D, vocabSize: V } = c;
-    validateBatch(batch, V);
-    const alloc: TTensor[] = [];
-    const buf = (shape: number[], dtype: 'float' | 'i32' = 'float'): TTensor => {
-      const t = b.alloc(shape, dtype);
-      alloc.push(t);
-      return t;
-    };
+    const { alloc, buf, ids, targets, positions, docs } = this.upload(batch);
     try {
-      const ids = buf([T], 'i32'); b.write(ids, batch.ids);
-      const targets = buf([T], 'i32'); b.write(targets, batch.targets);
-      const positions = buf([T], 'i32'); b.write(positions, batch.positions);
-      const offsetsT = buf([batch.offsets.length], 'i32'); b.write(offsetsT, batch.offsets);
-      const docs: Docs = { offsets: offsetsT, host: batch.offsets, count: batch.offsets.length - 1, maxLength: batch.maxLength };
       const acts = this.allocActs(buf, T);
       let x = buf([T, D]);
       let y = buf([T, D]);
@@ -196,6 +174,25 @@ export class TrainModel {
     } finally {
       for (const t of alloc) b.free(t);
     }
+  }
+
+  /** Validates the batch and puts it on the backend; `buf` allocates more buffers freed with it (`alloc`). */
+  private upload(batch: TrainBatch) {
+    const b = this.backend;
+    validateBatch(batch, this.config.vocabSize);
+    const T = batch.ids.length;
+    const alloc: TTensor[] = [];
+    const buf = (shape: number[], dtype: 'float' | 'i32' = 'float'): TTensor => {
+      const t = b.alloc(shape, dtype);
+      alloc.push(t);
+      return t;
+    };
+    const ids = buf([T], 'i32'); b.write(ids, batch.ids);
+    const targets = buf([T], 'i32'); b.write(targets, batch.targets);
+    const positions = buf([T], 'i32'); b.write(positions, batch.positions);
+    const offsets = buf([batch.offsets.length], 'i32'); b.write(offsets, batch.offsets);
+    const docs: Docs = { offsets, host: batch.offsets, count: batch.offsets.length - 1, maxLength: batch.maxLength };
+    return { alloc, buf, ids, targets, positions, docs };
   }
 
   // ---- one layer ----
