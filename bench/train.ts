@@ -10,6 +10,7 @@
  *   LMOE_BENCH_OUT      results file to merge train_* metrics into (default bench/results/h200.json)
  *   LMOE_TRAIN_SERIES   the loss curves (default bench/results/h200-train.json; scripts/loss-chart.mjs draws them)
  *   LMOE_EXPORT         if set, the MoE model's final weights are exported there in bf16 (the embedded model)
+ *   LMOE_TRAIN_SUFFIX   appended to the metric names and the series file (a second comparison, e.g. _1epoch)
  *
  * Metrics: train_tokens_per_s (MoE, median over the steps after the first 5), train_final_loss (MoE, final
  * validation cross-entropy), and the _dense twins. No PyTorch baseline: there is no reference implementation of
@@ -112,14 +113,15 @@ async function main(): Promise<void> {
     commit, date: today(), config: r.config, params: r.params, active_params: r.activeParams, steps: r.steps, tokens: r.tokens, seconds: r.seconds,
     final_train_loss: r.finalTrainLoss,
   });
+  const sfx = process.env.LMOE_TRAIN_SUFFIX ?? '';
   const file = mergeResults([
-    { name: 'train_tokens_per_s', value: moe.tokensPerSec, unit: 'tokens/s', baseline: null, details: details(moe) },
-    { name: 'train_final_loss', value: moe.finalValLoss, unit: 'nats/token', baseline: null, details: details(moe) },
-    { name: 'train_tokens_per_s_dense', value: dense.tokensPerSec, unit: 'tokens/s', baseline: null, details: details(dense) },
-    { name: 'train_final_loss_dense', value: dense.finalValLoss, unit: 'nats/token', baseline: null, details: details(dense) },
+    { name: `train_tokens_per_s${sfx}`, value: moe.tokensPerSec, unit: 'tokens/s', baseline: null, details: details(moe) },
+    { name: `train_final_loss${sfx}`, value: moe.finalValLoss, unit: 'nats/token', baseline: null, details: details(moe) },
+    { name: `train_tokens_per_s_dense${sfx}`, value: dense.tokensPerSec, unit: 'tokens/s', baseline: null, details: details(dense) },
+    { name: `train_final_loss_dense${sfx}`, value: dense.finalValLoss, unit: 'nats/token', baseline: null, details: details(dense) },
   ], gpu);
   log(`merged train_* into ${file}`);
-  const series = process.env.LMOE_TRAIN_SERIES ?? path.join('bench', 'results', 'h200-train.json');
+  const series = process.env.LMOE_TRAIN_SERIES ?? path.join('bench', 'results', `h200-train${sfx}.json`);
   const corpus = process.env.LMOE_CORPUS_NAME ?? 'corpus: see docs/training-data.md';
   fs.writeFileSync(series, JSON.stringify({ date: today(), commit, gpu, corpus, runs }, null, 1) + '\n');
   log(`loss curves written to ${series}`);
