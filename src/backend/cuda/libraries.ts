@@ -28,7 +28,8 @@ const WHEEL_PACKAGES: Record<keyof typeof LIBRARIES, string[]> = {
   cublasLt: ['cublas', 'cu13', 'cu12'],
 };
 
-function candidateDirs(kind: keyof typeof LIBRARIES): string[] {
+/** $CUDA_HOME (or $CUDA_PATH) lib64/lib, then each $LD_LIBRARY_PATH entry, then /usr/local/cuda/lib64 (not for the driver). */
+export function candidateDirs(kind: keyof typeof LIBRARIES | 'other'): string[] {
   const dirs: string[] = [];
   const cudaHome = process.env.CUDA_HOME ?? process.env.CUDA_PATH;
   if (cudaHome) dirs.push(path.join(cudaHome, 'lib64'), path.join(cudaHome, 'lib'));
@@ -37,6 +38,11 @@ function candidateDirs(kind: keyof typeof LIBRARIES): string[] {
 }
 
 function wheelDirs(kind: keyof typeof LIBRARIES): string[] {
+  return wheelLibDirs(WHEEL_PACKAGES[kind]);
+}
+
+/** The `nvidia/<pkg>/lib` folders of the nvidia-* pip wheels, for each package folder name, in every site-packages found. */
+export function wheelLibDirs(packages: readonly string[]): string[] {
   const roots = ['/usr/lib/python3/dist-packages', '/usr/local/lib'];
   const out: string[] = [];
   const sitePackages: string[] = [];
@@ -50,7 +56,7 @@ function wheelDirs(kind: keyof typeof LIBRARIES): string[] {
     for (const e of entries) sitePackages.push(path.join(base, e, 'site-packages'), path.join(base, e, 'dist-packages'));
   }
   for (const sp of [...sitePackages, ...roots]) {
-    for (const pkg of WHEEL_PACKAGES[kind]) out.push(path.join(sp, 'nvidia', pkg, 'lib'));
+    for (const pkg of packages) out.push(path.join(sp, 'nvidia', pkg, 'lib'));
   }
   return out;
 }
