@@ -17,6 +17,11 @@ export type { MemoryPlan, MemoryPlanOptions, WeightBytes, ActivationBytes, PlanD
 export { Sampler, Rng } from './engine/sampling.js';
 export type { SamplingParams } from './engine/sampling.js';
 export type { TraceHook, CacheOptions } from './model/minimax01.js';
+// Tensor/expert parallelism (issue 8): communicators, the sharding plan and per-rank loading.
+export { SingleRank, type Communicator } from './parallel/communicator.js';
+export { ThreadCommunicator, createThreadCommunicatorShared, type ThreadCommunicatorShared } from './parallel/thread-communicator.js';
+export { parallelContext, validateParallel, headRange, kvHeadRange, expertRange, slotSelection, type ParallelContext, type SlotSelection } from './parallel/shard.js';
+export { loadRank } from './parallel/load.js';
 export { Scheduler } from './engine/scheduler.js';
 export type { EngineRequest, SampledToken, SequenceListener, SequenceHandle, SchedulerOptions, SchedulerStats, EngineFinishReason } from './engine/scheduler.js';
 export type { LogitProcessing, TokenLogprob } from './engine/logits.js';

@@ -178,6 +178,17 @@ export interface Backend {
   moeExperts(out: Tensor, x: Tensor, indices: Tensor, weights: Tensor, w13: Tensor, w2: Tensor): void;
 
   // ---- optional capabilities ----
+  /**
+   * Tensor parallelism (src/parallel): ss: f32 [T] = Σ_c x[t, c]² over the C columns of x[T, C] this rank holds. With
+   * the lightning heads split over ranks, the output RMSNorm's mean runs over all ranks' columns: the partial sums
+   * are all-reduced between this and rmsNormSumSquares. Required only by a backend running a tensor-parallel model.
+   */
+  sumSquares?(ss: Tensor, x: Tensor): void;
+  /**
+   * out[T, C] = w ⊙ x · rsqrt(ss[t] / count + eps): rmsNorm with the (all-reduced) sum of squares ss: f32 [T] of rows
+   * that have `count` columns in all. out may alias x.
+   */
+  rmsNormSumSquares?(out: Tensor, x: Tensor, w: Tensor, ss: Tensor, count: number, eps: number): void;
   /** Samples one token per row of fp32 logits[R, V] into out: i32 [R] on the device (see SampleParams). */
   sampleTokens?(out: Tensor, logits: Tensor, params: readonly SampleParams[]): void;
   /** The contents of an i32 tensor on the host. */

@@ -18,6 +18,7 @@ import type { ModelConfig } from '../config/config.js';
 import { InternalError, InvalidArgumentError } from '../util/errors.js';
 import { freeWeights, type LayerWeights, type ModelWeights } from './weights.js';
 import { CachePool, kvBlocksFor, type CachePoolOptions, type SequenceState } from './cache.js';
+import { expertRange, localConfig, validateParallel, type ParallelContext } from '../parallel/shard.js';
 
 /**
  * Called with each named intermediate (layer −1 for model-level ones); `read()` copies it to the host as f32
@@ -79,6 +80,8 @@ export class MiniMax01 {
   private readonly ws: Workspace;
   /** Lightning state slots and the paged KV cache shared by every sequence of this model. */
   readonly cache: CachePool;
+  /** This rank's heads, KV heads and experts when sharded (src/parallel/shard.ts); the single-process path has none. */
+  private readonly par: { ctx: ParallelContext; heads: number; kvHeads: number; e0: number; e1: number } | undefined;
 
   constructor(
     readonly config: ModelConfig,
@@ -87,10 +90,25 @@ export class MiniMax01 {
     /** Activation dtype of the backend's scratch buffers (and of the KV cache). */
     readonly actDType: DType = 'f32',
     cache: CacheOptions = {},
+    /**
+     * A rank of a tensor/expert-parallel model: `weights` are this rank's shards (loadWeights with a `shard`
+     * selection), caches hold this rank's heads, and partial results are all-reduced over `parallel.comm`.
+     */
+    parallel?: ParallelContext,
   ) {
     this.ws = new Workspace(backend);
+    let cacheConfig = config;
+    if (parallel) {
+      validateParallel(config, parallel);
+      cacheConfig = localConfig(config, parallel);
+      const e = expertRange(config, parallel);
+      if (parallel.tpSize > 1 && !(backend.sumSquares && backend.rmsNormSumSquares)) {
+        throw new InternalError(`the ${backend.name} backend cannot run tensor parallelism (no sumSquares/rmsNormSumSquares)`);
+      }
+      this.par = { ctx: parallel, heads: cacheConfig.numHeads, kvHeads: cacheConfig.numKvHeads, e0: e.start, e1: e.end };
+    }
     const maxKvBlocks = cache.maxKvBlocks ?? kvBlocksFor(config.maxPositionEmbeddings);
-    this.cache = new CachePool(backend, config, {
+    this.cache = new CachePool(backend, cacheConfig, {
       maxSequences: cache.maxSequences ?? 256,
       initialKvBlocks: Math.min(cache.initialKvBlocks ?? 0, maxKvBlocks),
       maxKvBlocks,
@@ -253,7 +271,9 @@ export class MiniMax01 {
 
   /** MODEL.md §8: qkv = silu(h·Wqkvᵀ) → lightning → rms(·, 1e-6) → ⊙ sigmoid(h·Wgateᵀ) → ·Woutᵀ. */
   private lightningBlock(out: Tensor, h: Tensor, w: Extract<LayerWeights['attn'], { kind: 'lightning' }>, segs: LightningSegment[], T: number, l: number, trace?: TraceHook): void {
-    const { numHeads: H, headDim: Dh } = this.config;
+    const { headDim: Dh } = this.config;
+    const H = this.par?.heads ?? this.config.numHeads;
+    const tp = this.par && this.par.ctx.tpSize > 1 ? this.par.ctx : undefined;
     const b = this.backend, ws = this.ws, act = this.actDType;
     const qkv = ws.get('qkv', [T, 3 * H * Dh], act);
     b.linear(qkv, h, w.qkv);
@@ -261,17 +281,27 @@ export class MiniMax01 {
     const o = ws.get('o', [T, H * Dh], act);
     b.lightningAttention(o, qkv, w.slopes, segs, this.config.blockSize);
     trace?.('lightning_out', l, () => b.toFloat32(o));
-    b.rmsNorm(o, o, w.norm, this.config.lightningNormEps);
+    if (tp) {
+      // The norm's mean runs over all H·Dh dims, which are spread over the ranks: all-reduce the sums of squares.
+      const ss = ws.get('ss', [T], 'f32');
+      b.sumSquares!(ss, o);
+      tp.comm.allReduceSum(ss);
+      b.rmsNormSumSquares!(o, o, w.norm, ss, this.config.numHeads * Dh, this.config.lightningNormEps);
+    } else {
+      b.rmsNorm(o, o, w.norm, this.config.lightningNormEps);
+    }
     const g = ws.get('g', [T, H * Dh], act);
     b.linear(g, h, w.gate);
     b.sigmoidMul(o, g, o);
     b.linear(out, o, w.out);
+    tp?.comm.allReduceSum(out); // row-parallel out_proj: each rank holds a partial sum over its heads' dims
     trace?.('attn_out', l, () => b.toFloat32(out));
   }
 
   /** MODEL.md §9: q/k/v projections, partial NeoX RoPE, KV append, causal GQA, o-proj. */
   private softmaxBlock(out: Tensor, h: Tensor, w: Extract<LayerWeights['attn'], { kind: 'softmax' }>, segs: AttentionSegment[], pos: Tensor, T: number, l: number, trace?: TraceHook): void {
-    const { numHeads: H, numKvHeads: Hkv, headDim: Dh, rotaryDim, ropeTheta } = this.config;
+    const { headDim: Dh, rotaryDim, ropeTheta } = this.config;
+    const H = this.par?.heads ?? this.config.numHeads, Hkv = this.par?.kvHeads ?? this.config.numKvHeads;
     const b = this.backend, ws = this.ws, act = this.actDType;
     const q = ws.get('q', [T, H, Dh], act);
     const k = ws.get('k', [T, Hkv, Dh], act);
@@ -285,6 +315,7 @@ export class MiniMax01 {
     const o = ws.get('o', [T, H, Dh], act);
     b.attention(o, q, segs, 1 / Math.sqrt(Dh));
     b.linear(out, b.view(o, [T, H * Dh]), w.o);
+    if (this.par && this.par.ctx.tpSize > 1) this.par.ctx.comm.allReduceSum(out); // row-parallel o_proj
     trace?.('attn_out', l, () => b.toFloat32(out));
   }
 
@@ -298,7 +329,25 @@ export class MiniMax01 {
     const wts = ws.get('topk_w', [T, K], 'f32');
     b.moeRoute(idx, wts, logits);
     trace?.('router_topk', l, () => b.toFloat32(idx));
-    b.moeExperts(out, h, idx, wts, w.w13, w.w2);
+    const par = this.par;
+    if (!par || par.ctx.epSize === 1) {
+      b.moeExperts(out, h, idx, wts, w.w13, w.w2);
+      return;
+    }
+    // Expert parallelism: routing is replicated (identical on every rank); this rank combines only its experts
+    // [e0, e1). Slots routed elsewhere become local expert 0 with weight 0 (they add exactly zero), then the
+    // partial outputs are summed over ranks. The remap goes through the host: a CPU-side simplification.
+    const gi = b.toFloat32(idx), gw = b.toFloat32(wts);
+    const li = new Int32Array(T * K), lw = new Float32Array(T * K);
+    for (let i = 0; i < T * K; i++) {
+      const e = gi[i];
+      if (e >= par.e0 && e < par.e1) {
+        li[i] = e - par.e0;
+        lw[i] = gw[i];
+      }
+    }
+    b.moeExperts(out, h, b.scratchUpload([T, K], 'i32', li), b.scratchUpload([T, K], 'f32', lw), w.w13, w.w2);
+    par.ctx.comm.allReduceSum(out);
   }
 
   /** Frees the weights, the scratch buffers and the backend's own resources. */

@@ -116,17 +116,33 @@ export class Checkpoint {
     }
     this.#ensureOpen();
     const entry = this.get(name);
-    return this.#stream(entry, chunkBytes);
+    return this.#stream(entry, chunkBytes, 0, entry.byteLength);
   }
 
-  async *#stream(entry: TensorEntry, chunkBytes: number): AsyncGenerator<Uint8Array, void, undefined> {
-    if (entry.byteLength === 0) return;
+  /**
+   * Like chunks(), for the bytes [from, from + length) of the tensor only (a rank of a sharded model reads just its
+   * slice of a weight).
+   */
+  chunksInRange(name: string, from: number, length: number, chunkBytes: number = DEFAULT_CHUNK_BYTES): AsyncIterable<Uint8Array> {
+    this.#ensureOpen();
+    const entry = this.get(name);
+    if (!(Number.isSafeInteger(from) && Number.isSafeInteger(length) && from >= 0 && length >= 0 && from + length <= entry.byteLength)) {
+      throw new InvalidArgumentError(`byte range [${from}, ${from + length}) is outside tensor ${quote(name)} (${entry.byteLength} bytes)`, { param: 'range' });
+    }
+    if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 1 || chunkBytes > MAX_CHUNK_BYTES) {
+      throw new InvalidArgumentError(`chunkBytes: expected an integer from 1 to ${MAX_CHUNK_BYTES} (1 GiB), got ${String(chunkBytes)}`, { param: 'chunkBytes' });
+    }
+    return this.#stream(entry, chunkBytes, from, length);
+  }
+
+  async *#stream(entry: TensorEntry, chunkBytes: number, from: number, length: number): AsyncGenerator<Uint8Array, void, undefined> {
+    if (length === 0) return;
     // Bounded by chunkBytes and by the tensor's length, which F7 has already matched against the real file size.
-    const buf = new Uint8Array(Math.min(chunkBytes, entry.byteLength));
-    for (let done = 0; done < entry.byteLength; ) {
-      const len = Math.min(buf.length, entry.byteLength - done);
+    const buf = new Uint8Array(Math.min(chunkBytes, length));
+    for (let done = 0; done < length; ) {
+      const len = Math.min(buf.length, length - done);
       const view = buf.subarray(0, len);
-      await this.#readInto(entry, view, done);
+      await this.#readInto(entry, view, from + done);
       done += len;
       yield view;
     }
@@ -178,7 +194,7 @@ export class Checkpoint {
       return out;
     }
     let at = 0;
-    for await (const chunk of this.#stream(entry, DECODE_CHUNK_BYTES)) at += decodeToFloat32(chunk, dtype, out, at);
+    for await (const chunk of this.#stream(entry, DECODE_CHUNK_BYTES, 0, entry.byteLength)) at += decodeToFloat32(chunk, dtype, out, at);
     return out;
   }
 

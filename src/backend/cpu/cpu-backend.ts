@@ -151,6 +151,31 @@ export class CpuBackend implements Backend {
     }
   }
 
+  sumSquares(ss: Tensor, x: Tensor): void {
+    const T = ss.shape[0];
+    const out = f32(ss, 'sumSquares ss', [T]);
+    const xs = f32(x, 'sumSquares x');
+    const C = xs.length / T;
+    for (let t = 0; t < T; t++) {
+      let acc = 0;
+      for (let c = 0; c < C; c++) acc += xs[t * C + c] * xs[t * C + c];
+      out[t] = acc;
+    }
+  }
+
+  rmsNormSumSquares(out: Tensor, x: Tensor, w: Tensor, ss: Tensor, count: number, eps: number): void {
+    const C = w.shape[0];
+    const xs = f32(x, 'rmsNormSumSquares x');
+    const T = xs.length / C;
+    const o = f32(out, 'rmsNormSumSquares out', [T, C]);
+    const ws = f32(w, 'rmsNormSumSquares w', [C]);
+    const s = f32(ss, 'rmsNormSumSquares ss', [T]);
+    for (let t = 0; t < T; t++) {
+      const r = 1 / Math.sqrt(s[t] / count + eps);
+      for (let c = 0; c < C; c++) o[t * C + c] = ws[c] * (xs[t * C + c] * r);
+    }
+  }
+
   residualAdd(out: Tensor, residual: Tensor, alpha: number, branch: Tensor, beta: number): void {
     const o = f32(out, 'residualAdd out');
     const r = f32(residual, 'residualAdd residual', out.shape);
