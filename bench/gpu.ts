@@ -81,6 +81,8 @@ interface BaselineFile {
 
 const FIXTURE_METRICS = ['gpu_fixture_logits_max_rel_err', 'gpu_fixture_logits_max_rel_err_all_rows', 'gpu_fixture_rows_after_routing_flip', 'gpu_fixture_greedy_match'];
 const SLICE_METRICS = ['slice_decode_tokens_per_s_b1', 'slice_decode_bw_fraction_b1', 'slice_decode_tokens_per_s_b64', 'slice_prefill_tokens_per_s_n4k', 'slice_prefill_mfu_n32k'];
+/** Every metric this script writes (a failed one is dropped from the file, not left stale). */
+const METRIC_NAMES: ReadonlySet<string> = new Set([...FIXTURE_METRICS, ...KERNEL_METRICS, ...SLICE_METRICS]);
 /** Units whose smaller values are better: speedup = theirs ÷ ours. */
 const TIME_UNITS = new Set(['ms', 's', 'us', 'µs', 'ns']);
 
@@ -331,9 +333,12 @@ async function main(): Promise<void> {
   };
   if (baselines) out.baselines = { torch: baselines.torch ?? null, device: baselines.device ?? null };
   if (only.length > 0) out.only = only;
-  out.results = results.map(ordered);
   if (errors.length > 0) out.errors = errors;
   const file = process.env.LMOE_BENCH_OUT ?? path.join('bench', 'results', only.length > 0 ? 'h200-only.json' : 'h200.json');
+  // The file also holds the rows of the other bench scripts (long-context.ts, train.ts, merged by name): keep
+  // those, replace this script's.
+  const others = fs.existsSync(file) ? ((JSON.parse(fs.readFileSync(file, 'utf8')) as { results?: { name: string }[] }).results ?? []).filter((r) => !METRIC_NAMES.has(r.name)) : [];
+  out.results = [...results.map(ordered), ...others];
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, JSON.stringify(out, null, 2) + '\n');
 

@@ -19,6 +19,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { countParameters } from '../src/config/size.js';
 import { loadTrainConfig, type TrainConfig } from '../src/train/config.js';
 import { prepareRun } from '../src/train/run.js';
 import type { StepRecord } from '../src/train/trainer.js';
@@ -40,19 +41,14 @@ interface RunResult {
   records: (Pick<StepRecord, 'step' | 'loss' | 'valLoss' | 'lr'> & { tokensSeen: number })[];
 }
 
-/** Total and active (per token) parameters: the experts count K of E. */
+/**
+ * Total and active (per token) parameters; unlike `lmoe inspect`'s "active per token", the input embedding table
+ * counts as active here too (it is trained on every token).
+ */
 function paramCounts(cfg: TrainConfig): { total: number; active: number } {
-  const c = cfg.model;
-  const D = c.hiddenSize, Hd = c.numHeads * c.headDim, KVd = c.numKvHeads * c.headDim;
-  let total = c.vocabSize * D * (c.tieWordEmbeddings ? 1 : 2) + D, active = total;
-  for (const kind of c.layerTypes) {
-    const attn = kind === 'lightning' ? 3 * Hd * D + Hd * D + Hd + D * Hd : 2 * Hd * D + 2 * KVd * D;
-    const expert = 3 * D * c.intermediateSize;
-    const common = attn + 2 * D + c.numExperts * D;
-    total += common + c.numExperts * expert;
-    active += common + c.numExpertsPerTok * expert;
-  }
-  return { total, active };
+  const p = countParameters(cfg.model);
+  const table = cfg.model.tieWordEmbeddings ? 0 : cfg.model.vocabSize * cfg.model.hiddenSize;
+  return { total: p.total, active: p.activePerToken + table };
 }
 
 async function trainOne(file: string, name: string, steps: number, outRoot: string): Promise<RunResult> {

@@ -14,10 +14,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ModelConfig } from '../config/config.js';
-import { loadModelConfig } from '../config/config.js';
 import { Checkpoint } from '../weights/checkpoint.js';
 import { decodeToFloat32 } from '../util/dtype.js';
-import { writeSafetensors, type TensorToWrite, type WritableDType } from '../weights/safetensors-writer.js';
+import { WRITABLE_DTYPE_BYTES, writeSafetensors, type TensorToWrite, type WritableDType } from '../weights/safetensors-writer.js';
 import { WeightsError } from '../util/errors.js';
 import type { ParamSpec } from './params.js';
 
@@ -107,15 +106,13 @@ export interface SaveOptions {
   readonly maxShardBytes?: number;
 }
 
-const DTYPE_SIZE = { F32: 4, BF16: 2, F64: 8 } as const;
-
 /** Writes the weights as one file or as shards with an index; returns the files written. */
 function writeWeights(dir: string, tensors: readonly TensorToWrite[], maxShardBytes: number | undefined): string[] {
   for (const f of fs.readdirSync(dir)) if (/^model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?$/.test(f)) fs.rmSync(path.join(dir, f));
   const shards: TensorToWrite[][] = [[]];
   let bytes = 0;
   for (const t of tensors) {
-    const n = t.data.length * DTYPE_SIZE[t.dtype];
+    const n = t.data.length * WRITABLE_DTYPE_BYTES[t.dtype];
     if (maxShardBytes !== undefined && bytes > 0 && bytes + n > maxShardBytes) {
       shards.push([]);
       bytes = 0;
@@ -133,7 +130,7 @@ function writeWeights(dir: string, tensors: readonly TensorToWrite[], maxShardBy
     writeSafetensors(path.join(dir, names[i]), sh, { format: 'pt' });
     for (const t of sh) weightMap[t.name] = names[i];
   });
-  const total = tensors.reduce((a, t) => a + t.data.length * DTYPE_SIZE[t.dtype], 0);
+  const total = tensors.reduce((a, t) => a + t.data.length * WRITABLE_DTYPE_BYTES[t.dtype], 0);
   writeJson(path.join(dir, 'model.safetensors.index.json'), { metadata: { total_size: total }, weight_map: weightMap });
   return [...names, 'model.safetensors.index.json'];
 }
@@ -172,39 +169,10 @@ function writeJson(file: string, value: unknown): void {
 async function readFloat(ck: Checkpoint, name: string): Promise<Float64Array> {
   const e = ck.get(name);
   const bytes = await ck.read(name);
-  const n = e.shape.reduce((a, b) => a * b, 1);
-  const f32 = new Float32Array(n);
   if (e.dtype === 'F64') return new Float64Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+  const f32 = new Float32Array(e.shape.reduce((a, b) => a * b, 1));
   decodeToFloat32(bytes, e.dtype, f32, 0);
   return Float64Array.from(f32);
-}
-
-/** Parameter values of a checkpoint directory (any layout lmoe loads), in spec order. */
-export async function loadParamValues(dir: string, c: ModelConfig, specs: readonly ParamSpec[]): Promise<Float64Array[]> {
-  const ck = await Checkpoint.open(dir);
-  try {
-    return await readSlots(ck, dir, c, specs);
-  } finally {
-    await ck.close();
-  }
-}
-
-async function readSlots(ck: Checkpoint, dir: string, c: ModelConfig, specs: readonly ParamSpec[]): Promise<Float64Array[]> {
-  const out: Float64Array[] = [];
-  for (const s of specs) {
-    const parts = checkpointTensors(c, s, new Float64Array(s.shape.reduce((a, b) => a * b, 1)), 'F32');
-    const v = new Float64Array(s.shape.reduce((a, b) => a * b, 1));
-    let at = 0;
-    for (const p of parts) {
-      if (!ck.tensors.has(p.name)) throw new WeightsError(`${dir}: tensor ${p.name} missing (needed for ${s.key})`, { tensor: p.name });
-      const x = await readFloat(ck, p.name);
-      if (x.length !== p.data.length) throw new WeightsError(`${dir}: tensor ${p.name} has ${x.length} values, expected ${p.data.length}`, { tensor: p.name });
-      v.set(x, at);
-      at += x.length;
-    }
-    out.push(v);
-  }
-  return out;
 }
 
 export interface OptimizerState {
@@ -232,4 +200,3 @@ export async function loadOptimizerState(dir: string, specs: readonly ParamSpec[
   }
 }
 
-export { loadModelConfig };

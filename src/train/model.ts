@@ -83,97 +83,77 @@ export class TrainModel {
   step(params: ModelParams, grads: ModelParams, batch: TrainBatch, ceScale: number, auxScale: number): StepLosses {
     const b = this.backend, c = this.config;
     const T = batch.ids.length;
-    const { hiddenSize: D, vocabSize: V, numLayers: L } = c;
-    const { alloc, buf, ids, targets, positions, docs } = this.upload(batch);
+    const { hiddenSize: D, numLayers: L } = c;
+    const up = this.upload(batch);
+    const { buf, ids, positions, docs } = up;
     try {
       const routeLosses = buf([2]); b.fillZero(routeLosses);
-
-      // ---- forward ----
       const recompute = this.opts.recompute ?? false;
-      const shared = recompute ? this.allocActs(buf, T) : undefined;
-      const acts: LayerActs[] = [];
-      const xs: TTensor[] = []; // layer inputs (recompute) — acts[l].xin otherwise
-      let x = buf([T, D]);
-      b.embeddingForward(x, params.embed, ids);
-      for (let l = 0; l < L; l++) {
-        const a = shared ? { ...shared, xin: x } : { ...this.allocActs(buf, T), xin: x };
-        const next = buf([T, D]);
-        this.layerForward(next, a, params.layers[l], l, docs, positions);
-        if (shared) xs.push(x);
-        else acts.push(a);
-        x = next;
-      }
-      const hf = buf([T, D]), rstdf = buf([T]);
-      b.rmsNormForward(hf, rstdf, x, params.finalNorm, c.rmsNormEps);
-      const logits = buf([T, V]);
-      b.linearForward(logits, hf, params.lmHead);
-      const losses = buf([T]);
-      b.crossEntropy(losses, logits, logits, targets, ceScale); // logits now hold dLogits
+      const f = this.forward(params, up, recompute, ceScale); // f.logits now hold dLogits
 
       // ---- backward ----
-      const dLogits = logits;
+      const dLogits = f.logits;
       const dhf = buf([T, D]);
       b.linearBackwardInput(dhf, dLogits, params.lmHead, false);
-      b.linearBackwardWeight(grads.lmHead, dLogits, hf);
+      b.linearBackwardWeight(grads.lmHead, dLogits, f.hf);
       let dx = buf([T, D]);
-      b.rmsNormBackward(dx, grads.finalNorm, dhf, x, params.finalNorm, rstdf, false);
+      b.rmsNormBackward(dx, grads.finalNorm, dhf, f.x, params.finalNorm, f.rstdf, false);
       let dxIn = buf([T, D]);
       const scratch = this.allocGrads(buf, T);
       for (let l = L - 1; l >= 0; l--) {
-        let a: LayerActs;
-        if (shared) {
-          a = { ...shared, xin: xs[l] };
-          this.layerForward(scratch.out, a, params.layers[l], l, docs, positions);
-        } else a = acts[l];
+        const a = f.acts[l];
+        if (recompute) this.layerForward(scratch.out, a, params.layers[l], l, docs, positions);
         this.layerBackward(dxIn, dx, a, params.layers[l], grads.layers[l], l, docs, positions, scratch, auxScale, routeLosses);
         [dx, dxIn] = [dxIn, dx]; // this layer's input gradient is the previous layer's output gradient
       }
       b.embeddingBackward(grads.embed, dx, ids);
 
-      // ---- losses to the host ----
-      const lossHost = b.read(losses);
-      let ceSum = 0;
-      for (let t = 0; t < T; t++) ceSum += lossHost[t];
-      let nTargets = 0;
-      for (let t = 0; t < T; t++) if (batch.targets[t] >= 0) nTargets++;
       const rl = b.read(routeLosses);
-      return { ceSum, targets: nTargets, aux: rl[0], z: rl[1] };
+      return { ceSum: hostSum(b.read(f.losses)), targets: countTargets(batch), aux: rl[0], z: rl[1] };
     } finally {
-      for (const t of alloc) b.free(t);
+      for (const t of up.alloc) b.free(t);
     }
   }
 
   /** Mean cross-entropy (nats per target token) of a batch without gradients (validation). */
   evaluate(params: ModelParams, batch: TrainBatch): { ceSum: number; targets: number } {
-    const b = this.backend, c = this.config;
-    const T = batch.ids.length;
-    const { hiddenSize: D, vocabSize: V } = c;
-    const { alloc, buf, ids, targets, positions, docs } = this.upload(batch);
+    const up = this.upload(batch);
     try {
-      const acts = this.allocActs(buf, T);
-      let x = buf([T, D]);
-      let y = buf([T, D]);
-      b.embeddingForward(x, params.embed, ids);
-      for (let l = 0; l < c.numLayers; l++) {
-        this.layerForward(y, { ...acts, xin: x }, params.layers[l], l, docs, positions);
-        [x, y] = [y, x];
-      }
-      const hf = buf([T, D]), rstdf = buf([T]);
-      b.rmsNormForward(hf, rstdf, x, params.finalNorm, c.rmsNormEps);
-      const logits = buf([T, V]);
-      b.linearForward(logits, hf, params.lmHead);
-      const losses = buf([T]);
-      b.crossEntropy(losses, logits, logits, targets, 0);
-      const lh = b.read(losses);
-      let ceSum = 0, n = 0;
-      for (let t = 0; t < T; t++) {
-        ceSum += lh[t];
-        if (batch.targets[t] >= 0) n++;
-      }
-      return { ceSum, targets: n };
+      const f = this.forward(params, up, true, 0);
+      return { ceSum: hostSum(this.backend.read(f.losses)), targets: countTargets(batch) };
     } finally {
-      for (const t of alloc) b.free(t);
+      for (const t of up.alloc) this.backend.free(t);
     }
+  }
+
+  /**
+   * The forward pass to per-token losses; dLogits (scaled by ceScale) overwrite the logits. `sharedActs`: one
+   * activation set reused by every layer (only the layer inputs survive: recomputation, or no backward at all);
+   * otherwise each layer keeps its own. Returns what the backward needs.
+   */
+  private forward(params: ModelParams, up: ReturnType<TrainModel['upload']>, sharedActs: boolean, ceScale: number) {
+    const b = this.backend, c = this.config;
+    const { buf, ids, targets, positions, docs } = up;
+    const T = ids.shape[0];
+    const { hiddenSize: D, vocabSize: V } = c;
+    const shared = sharedActs ? this.allocActs(buf, T) : undefined;
+    const acts: LayerActs[] = [];
+    let x = buf([T, D]);
+    b.embeddingForward(x, params.embed, ids);
+    for (let l = 0; l < c.numLayers; l++) {
+      const a = { ...(shared ?? this.allocActs(buf, T)), xin: x };
+      const next = buf([T, D]);
+      this.layerForward(next, a, params.layers[l], l, docs, positions);
+      acts.push(a);
+      x = next;
+    }
+    const hf = buf([T, D]), rstdf = buf([T]);
+    b.rmsNormForward(hf, rstdf, x, params.finalNorm, c.rmsNormEps);
+    const logits = buf([T, V]);
+    b.linearForward(logits, hf, params.lmHead);
+    const losses = buf([T]);
+    b.crossEntropy(losses, logits, logits, targets, ceScale);
+    return { acts, x, hf, rstdf, logits, losses };
   }
 
   /** Validates the batch and puts it on the backend; `buf` allocates more buffers freed with it (`alloc`). */
@@ -318,6 +298,19 @@ export class TrainModel {
     // h1 = rms(xin)
     b.rmsNormBackward(dxIn, g.inputNorm, s.dh1, a.xin, w.inputNorm, a.rstd1, false);
   }
+}
+
+/** Positions of the batch that have a target (the cross-entropy's denominator). */
+export function countTargets(batch: Pick<TrainBatch, 'targets'>): number {
+  let n = 0;
+  for (let i = 0; i < batch.targets.length; i++) if (batch.targets[i] >= 0) n++;
+  return n;
+}
+
+function hostSum(a: Float64Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i];
+  return s;
 }
 
 function validateBatch(batch: TrainBatch, V: number): void {

@@ -49,8 +49,7 @@ export class AdamW {
   gradNorm(): number {
     const b = this.backend;
     b.fillZero(this.normSq);
-    // A tied lm_head shares the embedding's tensor: count each tensor once.
-    for (const g of new Set(this.grads.tensors)) b.sumSquares(this.normSq, g);
+    for (const g of this.grads.tensors) b.sumSquares(this.normSq, g);
     return Math.sqrt(b.read(this.normSq)[0]);
   }
 
@@ -62,12 +61,9 @@ export class AdamW {
     const lr = learningRate(o, step);
     // A non-finite norm means a diverged step: skip the update rather than write NaNs into the weights.
     if (!Number.isFinite(gradNorm)) return { lr, gradNorm };
-    const seen = new Set<unknown>();
+    // One tensor per spec: a tied lm_head is the embedding itself, not a second parameter (params.ts).
     this.params.specs.forEach((s, i) => {
-      const p = this.params.tensors[i];
-      if (seen.has(p)) return;
-      seen.add(p);
-      this.backend.adamw(p, this.grads.tensors[i], this.m.tensors[i], this.v.tensors[i], {
+      this.backend.adamw(this.params.tensors[i], this.grads.tensors[i], this.m.tensors[i], this.v.tensors[i], {
         lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: s.noDecay ? 0 : o.weightDecay, step, gradScale: clipScale,
       });
     });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { ModelConfig } from '../config/config.js';
 import type { TrainBackend } from './backend.js';
 import { loadOptimizerState, saveCheckpoint } from './checkpoint.js';
-import { TrainModel, type TrainBatch } from './model.js';
+import { countTargets, TrainModel, type TrainBatch } from './model.js';
 import { AdamW, type AdamWOptions } from './optimizer.js';
 import { initialValues, ParamSet, paramSpecs, type ParamSpec } from './params.js';
 
@@ -111,7 +111,7 @@ export class Trainer {
     let targets = 0, tokens = 0;
     for (const m of micro) {
       tokens += m.ids.length;
-      for (let i = 0; i < m.targets.length; i++) if (m.targets[i] >= 0) targets++;
+      targets += countTargets(m);
     }
     this.grads.zero();
     let ceSum = 0, aux = 0, z = 0;

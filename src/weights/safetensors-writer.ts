@@ -18,11 +18,12 @@ export interface TensorToWrite {
   readonly data: Float64Array | Float32Array;
 }
 
-const BYTES: Record<WritableDType, number> = { F32: 4, BF16: 2, F64: 8 };
+/** Bytes per element of each dtype the writer produces. */
+export const WRITABLE_DTYPE_BYTES: Readonly<Record<WritableDType, number>> = { F32: 4, BF16: 2, F64: 8 };
 
 function encode(t: TensorToWrite): Buffer {
   const n = t.data.length;
-  const out = Buffer.alloc(n * BYTES[t.dtype]);
+  const out = Buffer.alloc(n * WRITABLE_DTYPE_BYTES[t.dtype]);
   if (t.dtype === 'F32') for (let i = 0; i < n; i++) out.writeFloatLE(t.data[i], i * 4);
   else if (t.dtype === 'F64') for (let i = 0; i < n; i++) out.writeDoubleLE(t.data[i], i * 8);
   else for (let i = 0; i < n; i++) out.writeUInt16LE(f32ToBf16Bits(Math.fround(t.data[i])), i * 2);
@@ -36,7 +37,7 @@ export function writeSafetensors(file: string, tensors: readonly TensorToWrite[]
   for (const t of tensors) {
     const count = t.shape.reduce((a, b) => a * b, 1);
     if (count !== t.data.length) throw new RangeError(`safetensors writer: ${t.name} has ${t.data.length} values for shape [${t.shape.join(', ')}]`);
-    const bytes = count * BYTES[t.dtype];
+    const bytes = count * WRITABLE_DTYPE_BYTES[t.dtype];
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }

@@ -10,8 +10,9 @@ import { parseModelConfig } from '../../src/config/config.js';
 import type { CudaBackend } from '../../src/backend/cuda/cuda-backend.js';
 import type { TrainBackend } from '../../src/train/backend.js';
 import { CpuTrainBackend } from '../../src/train/cpu/cpu-train-backend.js';
-import { TrainModel, type TrainBatch } from '../../src/train/model.js';
-import { initialValues, NormalRng, ParamSet, paramSpecs } from '../../src/train/params.js';
+import { countTargets, TrainModel, type TrainBatch } from '../../src/train/model.js';
+import { randomBatch } from '../helpers/train-batch.js';
+import { initialValues, ParamSet, paramSpecs } from '../../src/train/params.js';
 import { Trainer, type BatchSource } from '../../src/train/trainer.js';
 import { getGpu } from '../helpers/gpu.js';
 
@@ -30,30 +31,12 @@ const config = parseModelConfig({
   layernorm_linear_attention_alpha: 1.5, layernorm_full_attention_alpha: 1.5, layernorm_mlp_alpha: 1.5, router_aux_loss_coef: 0.05,
 });
 
-function batch(lengths: number[], seed: number): TrainBatch {
-  const rng = new NormalRng(seed);
-  const T = lengths.reduce((a, b) => a + b, 0);
-  const ids = new Int32Array(T), targets = new Int32Array(T), positions = new Int32Array(T), offsets = new Int32Array(lengths.length + 1);
-  let at = 0;
-  lengths.forEach((n, d) => {
-    for (let i = 0; i < n; i++) ids[at + i] = Math.floor(rng.uniform() * config.vocabSize);
-    for (let i = 0; i < n; i++) {
-      targets[at + i] = i + 1 < n ? ids[at + i + 1] : -1;
-      positions[at + i] = i;
-    }
-    at += n;
-    offsets[d + 1] = at;
-  });
-  return { ids, targets, positions, offsets, maxLength: Math.max(...lengths) };
-}
-
 function gradients(b: TrainBackend, x: TrainBatch): { loss: number; grads: Float64Array[] } {
   const specs = paramSpecs(config, 0.05);
   const params = new ParamSet(b, config, specs, initialValues(specs, 4));
   const grads = new ParamSet(b, config, specs);
   const m = new TrainModel(b, config, { zLossCoef: 0.01 });
-  let n = 0;
-  for (const t of x.targets) if (t >= 0) n++;
+  const n = countTargets(x);
   const r = m.step(params.model, grads.model, x, 1 / n, 1);
   const out = { loss: r.ceSum / n + r.aux + r.z, grads: grads.read() };
   params.free();
@@ -62,7 +45,7 @@ function gradients(b: TrainBackend, x: TrainBatch): { loss: number; grads: Float
 }
 
 test('training step: GPU loss and gradients match the float64 CPU reference', { skip }, (t) => {
-  const x = batch([70, 1, 33, 130, 17], 12);
+  const x = randomBatch([70, 1, 33, 130, 17], config.vocabSize, 12);
   const c = gradients(new CpuTrainBackend(), x);
   const g = gradients(cuda!, x);
   const specs = paramSpecs(config);
@@ -84,7 +67,7 @@ test('training step: GPU loss and gradients match the float64 CPU reference', { 
 class Repeat implements BatchSource {
   private i = 0;
   next(): TrainBatch {
-    return batch([40, 24, 60], 100 + (this.i++ % 3));
+    return randomBatch([40, 24, 60], config.vocabSize, 100 + (this.i++ % 3));
   }
   state(): unknown {
     return { i: this.i };

@@ -10,10 +10,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseModelConfig, type ModelConfig } from '../../src/config/config.js';
 import { CpuTrainBackend } from '../../src/train/cpu/cpu-train-backend.js';
-import { TrainModel, type TrainBatch } from '../../src/train/model.js';
-import { initialValues, ParamSet, paramSpecs } from '../../src/train/params.js';
+import { countTargets, TrainModel, type TrainBatch } from '../../src/train/model.js';
+import { randomBatch } from '../helpers/train-batch.js';
+import { initialValues, NormalRng, ParamSet, paramSpecs } from '../../src/train/params.js';
 import { Trainer, type BatchSource, type TrainerOptions } from '../../src/train/trainer.js';
-import { NormalRng } from '../../src/train/params.js';
 import { loadModel } from '../../src/engine/model.js';
 
 /** A tiny model with both layer kinds, GQA, partial RoPE and 4 experts top-2. */
@@ -27,29 +27,9 @@ export function tinyConfig(over: Record<string, unknown> = {}): ModelConfig {
   });
 }
 
-/** A packed batch of documents with the given lengths; tokens from a seeded generator. */
-function batchOf(lengths: readonly number[], V: number, seed: number): TrainBatch {
-  const rng = new NormalRng(seed);
-  const T = lengths.reduce((a, b) => a + b, 0);
-  const ids = new Int32Array(T), targets = new Int32Array(T), positions = new Int32Array(T);
-  const offsets = new Int32Array(lengths.length + 1);
-  let at = 0;
-  lengths.forEach((n, d) => {
-    for (let i = 0; i < n; i++) ids[at + i] = Math.floor(rng.uniform() * V);
-    for (let i = 0; i < n; i++) {
-      targets[at + i] = i + 1 < n ? ids[at + i + 1] : -1;
-      positions[at + i] = i;
-    }
-    at += n;
-    offsets[d + 1] = at;
-  });
-  return { ids, targets, positions, offsets, maxLength: Math.max(...lengths) };
-}
-
 function objective(model: TrainModel, params: ParamSet, grads: ParamSet, batch: TrainBatch): number {
   grads.zero();
-  let n = 0;
-  for (let i = 0; i < batch.targets.length; i++) if (batch.targets[i] >= 0) n++;
+  const n = countTargets(batch);
   const r = model.step(params.model, grads.model, batch, 1 / n, 1);
   return r.ceSum / n + r.aux + r.z;
 }
@@ -61,7 +41,7 @@ test('whole-model gradient matches central finite differences of the objective (
   const params = new ParamSet(b, c, specs, initialValues(specs, 7));
   const grads = new ParamSet(b, c, specs);
   const model = new TrainModel(b, c, { zLossCoef: 0.01 });
-  const batch = batchOf([6, 1, 5], c.vocabSize, 3);
+  const batch = randomBatch([6, 1, 5], c.vocabSize, 3);
   objective(model, params, grads, batch);
   const g = grads.read();
   const rng = new NormalRng(11);
@@ -93,12 +73,11 @@ test('recomputation gives the same gradients; two accumulated micro-batches equa
   const specs = paramSpecs(c);
   const values = initialValues(specs, 5);
   const params = new ParamSet(b, c, specs, values);
-  const batch = batchOf([7, 4], c.vocabSize, 9);
+  const batch = randomBatch([7, 4], c.vocabSize, 9);
   const run = (recompute: boolean, batches: TrainBatch[]): Float64Array[] => {
     const grads = new ParamSet(b, c, specs);
     const m = new TrainModel(b, c, { recompute });
-    let n = 0;
-    for (const x of batches) for (const t of x.targets) if (t >= 0) n++;
+    const n = batches.reduce((a, x) => a + countTargets(x), 0);
     for (const x of batches) m.step(params.model, grads.model, x, 1 / n, 1 / batches.length);
     return grads.read();
   };

@@ -29,6 +29,18 @@ export function ropeInvFreq(rotaryDim: number, theta: number): Float32Array {
 export function ropeInPlace(
   x: Float32Array, positions: Int32Array, T: number, nHeads: number, Dh: number, rotaryDim: number, theta: number,
 ): void {
+  ropeRotate(x, positions, T, nHeads, Dh, rotaryDim, theta, Math.fround, 1);
+}
+
+/**
+ * The rotation behind ropeInPlace and the float64 trainer's RoPE (src/train/cpu): cos and sin of the fp32 angle,
+ * passed through `round` (fp32 for the engine, none for float64), with sin negated for sign = −1 (the inverse
+ * rotation, i.e. the backward).
+ */
+export function ropeRotate(
+  x: Float32Array | Float64Array, positions: Int32Array, T: number, nHeads: number, Dh: number, rotaryDim: number, theta: number,
+  round: (v: number) => number, sign: 1 | -1,
+): void {
   const half = rotaryDim / 2;
   const inv = ropeInvFreq(rotaryDim, theta);
   const cos = new Float64Array(half), sin = new Float64Array(half);
@@ -36,8 +48,8 @@ export function ropeInPlace(
     const p = positions[t];
     for (let i = 0; i < half; i++) {
       const ang = Math.fround(p * inv[i]);
-      cos[i] = Math.fround(Math.cos(ang));
-      sin[i] = Math.fround(Math.sin(ang));
+      cos[i] = round(Math.cos(ang));
+      sin[i] = sign * round(Math.sin(ang));
     }
     for (let h = 0; h < nHeads; h++) {
       const base = (t * nHeads + h) * Dh;

@@ -4,6 +4,7 @@
  * `lmoe generate --model` loads unchanged, and resume. Ctrl-C stops after the current step and writes a checkpoint.
  */
 
+import { countParameters } from '../../config/size.js';
 import { loadTrainConfig } from '../../train/config.js';
 import { prepareRun } from '../../train/run.js';
 import type { StepRecord } from '../../train/trainer.js';
@@ -62,7 +63,7 @@ export async function run(argv: string[]): Promise<number> {
   const t = r.trainer;
   const total = t.options.optim.totalSteps;
   say(`${formatCount(r.trainTokens)} training tokens in ${r.documents.train} documents, ${r.documents.validation} held out; ` +
-    `${(t.specs.reduce((a, s) => a + s.shape.reduce((x, y) => x * y, 1), 0) / 1e6).toFixed(2)}M parameters on ${t.backend.name}; ` +
+    `${(countParameters(cfg.model).total / 1e6).toFixed(2)}M parameters on ${t.backend.name}; ` +
     `steps ${t.step + 1}…${total}`);
 
   const stop = new AbortController();

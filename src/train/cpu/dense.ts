@@ -4,7 +4,8 @@
  * formula, with the innermost loop over contiguous memory.
  */
 
-import { ropeInvFreq } from '../../backend/cpu/attention.js';
+import { ropeRotate } from '../../backend/cpu/attention.js';
+import type { AdamWStep } from '../backend.js';
 
 // ---- linear: y[T, N] = x[T, Kin] · w[N, Kin]ᵀ ----
 
@@ -121,26 +122,7 @@ export function sigmoidMulBackward64(dGate: Float64Array, dx: Float64Array, dOut
  * float64 of that angle. `inverse` uses −angle: the transpose of the forward rotation, i.e. its backward.
  */
 export function rope64(x: Float64Array, positions: Int32Array, T: number, nHeads: number, Dh: number, rotaryDim: number, theta: number, inverse: boolean): void {
-  const half = rotaryDim / 2;
-  const inv = ropeInvFreq(rotaryDim, theta);
-  const cos = new Float64Array(half), sin = new Float64Array(half);
-  const sign = inverse ? -1 : 1;
-  for (let t = 0; t < T; t++) {
-    const p = positions[t];
-    for (let i = 0; i < half; i++) {
-      const ang = Math.fround(p * inv[i]);
-      cos[i] = Math.cos(ang);
-      sin[i] = sign * Math.sin(ang);
-    }
-    for (let h = 0; h < nHeads; h++) {
-      const base = (t * nHeads + h) * Dh;
-      for (let i = 0; i < half; i++) {
-        const a = x[base + i], b = x[base + i + half];
-        x[base + i] = a * cos[i] - b * sin[i];
-        x[base + i + half] = b * cos[i] + a * sin[i];
-      }
-    }
-  }
+  ropeRotate(x, positions, T, nHeads, Dh, rotaryDim, theta, (v) => v, inverse ? -1 : 1);
 }
 
 // ---- cross-entropy ----
@@ -172,18 +154,8 @@ export function crossEntropy64(losses: Float64Array, dLogits: Float64Array, logi
 
 // ---- AdamW ----
 
-export interface AdamW64 {
-  readonly lr: number;
-  readonly beta1: number;
-  readonly beta2: number;
-  readonly eps: number;
-  readonly weightDecay: number;
-  readonly step: number;
-  readonly gradScale: number;
-}
-
 /** Decoupled weight decay: the decay term uses p before this step's update, scaled by lr (not by the moments). */
-export function adamw64(p: Float64Array, g: Float64Array, m: Float64Array, v: Float64Array, n: number, o: AdamW64): void {
+export function adamw64(p: Float64Array, g: Float64Array, m: Float64Array, v: Float64Array, n: number, o: AdamWStep): void {
   const c1 = 1 - Math.pow(o.beta1, o.step), c2 = 1 - Math.pow(o.beta2, o.step);
   for (let i = 0; i < n; i++) {
     const gi = g[i] * o.gradScale;

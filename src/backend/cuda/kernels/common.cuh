@@ -43,6 +43,20 @@ static __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Warp-wide argmax: every lane ends with the largest v and its index, ties going to the lower index (the order
+// the reference's top-k and greedy sampling use).
+static __device__ __forceinline__ void warp_argmax(float& v, int& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+    if (v2 > v || (v2 == v && i2 < i)) {
+      v = v2;
+      i = i2;
+    }
+  }
+}
+
 // Block-wide sum for blockDim.x a multiple of 32 (≤ 1024); `scratch` holds 32 floats. All threads get the result.
 static __device__ __forceinline__ float block_sum(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;

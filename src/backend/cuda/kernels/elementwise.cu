@@ -89,35 +89,14 @@ static __device__ __forceinline__ float inv_rms_regs(const float (&v)[NORM_NV], 
 }
 static __device__ __forceinline__ bool row_in_regs(int cols) { return cols <= NORM_NV * (int)blockDim.x; }
 
-// bf16 → bf16 (the lightning output norm): y = bf16(w · x · r), one rounding where the reference rounds twice
-// (bf16(w · bf16(x · r))): closer to the exact computation at no cost.
-extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* __restrict__ w, int cols, float eps) {
+// One row of y = w ⊙ x · rsqrt(mean(x²) + eps), computed in fp32 and rounded once on store: bf16 → bf16 (the
+// lightning output norm: one rounding where the reference rounds twice, bf16(w · bf16(x · r)), closer to the exact
+// computation at no cost); fp32 residual stream → the bf16 input of the next GEMMs, or → fp32 (the router's input).
+template <typename TIn, typename TOut>
+static __device__ void rms_norm_row(TOut* out, const TIn* x, const bf16* w, int cols, float eps) {
   __shared__ float scratch[32];
   const i64 row = blockIdx.x;
-  const bf16* xr = x + row * cols;
-  bf16* yr = out + row * cols;
-  if (row_in_regs(cols)) {
-    float xv[NORM_NV], wv[NORM_NV];
-    load_row_regs(xv, xr, cols);
-    load_row_regs(wv, w, cols);
-    const float r = inv_rms_regs(xv, cols, eps, scratch);
-#pragma unroll
-    for (int k = 0; k < NORM_NV; k++) {
-      const int i = threadIdx.x + k * blockDim.x;
-      if (i < cols) yr[i] = f2bf(wv[k] * (xv[k] * r));
-    }
-    return;
-  }
-  const float r = inv_rms_row(xr, cols, eps, scratch);
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = f2bf(bf2f(w[i]) * (bf2f(xr[i]) * r));
-}
-
-// fp32 residual stream → the bf16 input of the next GEMMs (one rounding), or → fp32 (the router's input).
-template <typename TOut>
-static __device__ void rms_norm_from_f32(TOut* out, const float* x, const bf16* w, int cols, float eps) {
-  __shared__ float scratch[32];
-  const i64 row = blockIdx.x;
-  const float* xr = x + row * cols;
+  const TIn* xr = x + row * cols;
   if (row_in_regs(cols)) {
     float xv[NORM_NV], wv[NORM_NV];
     load_row_regs(xv, xr, cols);
@@ -131,10 +110,11 @@ static __device__ void rms_norm_from_f32(TOut* out, const float* x, const bf16* 
     return;
   }
   const float r = inv_rms_row(xr, cols, eps, scratch);
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) store_f(out, row * cols + i, bf2f(w[i]) * (xr[i] * r));
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) store_f(out, row * cols + i, bf2f(w[i]) * (load_f(xr, i) * r));
 }
-extern "C" __global__ void rms_norm_f32_bf16(bf16* out, const float* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_from_f32(out, x, w, cols, eps); }
-extern "C" __global__ void rms_norm_f32_f32(float* out, const float* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_from_f32(out, x, w, cols, eps); }
+extern "C" __global__ void rms_norm_bf16(bf16* out, const bf16* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_row(out, x, w, cols, eps); }
+extern "C" __global__ void rms_norm_f32_bf16(bf16* out, const float* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_row(out, x, w, cols, eps); }
+extern "C" __global__ void rms_norm_f32_f32(float* out, const float* x, const bf16* __restrict__ w, int cols, float eps) { rms_norm_row(out, x, w, cols, eps); }
 
 // The postnorm residual of MODEL.md §7 on the fp32 stream: out = (w ⊙ x · rsqrt(mean(x²) + eps)) · α + branch · β,
 // with the normalised x recomputed in fp32 rather than read back rounded, so rounding does not accumulate across

@@ -152,15 +152,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_route_f32(int* __restrict_
         bi = e;
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float p2 = __shfl_xor_sync(MOE_FULL, bp, o);
-      const int i2 = __shfl_xor_sync(MOE_FULL, bi, o);
-      if (p2 > bp || (p2 == bp && i2 < bi)) {
-        bp = p2;
-        bi = i2;
-      }
-    }
+    warp_argmax(bp, bi);
     if (bi >= E) {  // only with NaN logits (or K > E): keep the index in range
       bi = 0;
       bp = 0.f;

@@ -33,39 +33,37 @@ static __device__ __forceinline__ double warp_sum_d(double v) {
   return v;
 }
 
+// The total of a block of 256 threads' values, valid in thread 0, added in a fixed order (deterministic).
+static __device__ __forceinline__ double block256_sum_d(double v) {
+  __shared__ double warps[8];
+  v = warp_sum_d(v);
+  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = v;
+  __syncthreads();
+  double s = 0.0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < 8; ++w) s += warps[w];
+  return s;
+}
+
 // Block of 256. Partial sums in double so the gradient norm of a billion-element tensor is not limited by fp32
 // accumulation: each block writes its total to part[blockIdx.x], and train_sum_squares_final (one block) adds the
 // partials in a fixed order to out[0] — deterministic, unlike an atomicAdd per block.
 extern "C" __global__ void __launch_bounds__(256) train_sum_squares(double* __restrict__ part, const float* __restrict__ x, i64 n) {
-  __shared__ double warps[8];
   double acc = 0.0;
   GRID_STRIDE(i, n) {
     const double v = (double)x[i];
     acc += v * v;
   }
-  acc = warp_sum_d(acc);
-  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double s = 0.0;
-    for (int w = 0; w < 8; ++w) s += warps[w];
-    part[blockIdx.x] = s;
-  }
+  acc = block256_sum_d(acc);
+  if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
 // One block of 256 over `blocks` partials.
 extern "C" __global__ void __launch_bounds__(256) train_sum_squares_final(float* out, const double* __restrict__ part, int blocks) {
-  __shared__ double warps[8];
   double acc = 0.0;
   for (int i = threadIdx.x; i < blocks; i += 256) acc += part[i];
-  acc = warp_sum_d(acc);
-  if ((threadIdx.x & 31) == 0) warps[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double s = 0.0;
-    for (int w = 0; w < 8; ++w) s += warps[w];
-    out[0] = (float)((double)out[0] + s);
-  }
+  acc = block256_sum_d(acc);
+  if (threadIdx.x == 0) out[0] = (float)((double)out[0] + acc);
 }
 
 // grid T (one block per token).

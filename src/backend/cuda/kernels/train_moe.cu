@@ -25,7 +25,6 @@
 
 #include "common.cuh"
 
-#define FULL 0xffffffffu
 
 // grid ⌈T/4⌉, block 128: warp w of block b routes token t = 4b + w. E ≤ any (lanes loop over experts).
 extern "C" __global__ void __launch_bounds__(128) train_moe_route_fwd(int* __restrict__ idx, float* __restrict__ w, float* __restrict__ probs,
@@ -59,15 +58,7 @@ extern "C" __global__ void __launch_bounds__(128) train_moe_route_fwd(int* __res
         bi = e;
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float p2 = __shfl_xor_sync(FULL, bp, o);
-      const int i2 = __shfl_xor_sync(FULL, bi, o);
-      if (p2 > bp || (p2 == bp && i2 < bi)) {
-        bp = p2;
-        bi = i2;
-      }
-    }
+    warp_argmax(bp, bi);
     if (bi >= E) {  // only with NaN logits: keep the index in range
       bi = 0;
       bp = 0.f;

@@ -35,6 +35,41 @@
 
 #include "common.cuh"
 
+// a·b (4 lanes of float4) + acc, in the fmaf order every kernel here uses.
+static __device__ __forceinline__ float fma4(float4 a, float4 b, float acc) {
+  return fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, acc))));
+}
+
+// For this warp's 8 query rows and the lane's columns d = lane + 32c (c < 4, d < Dh):
+// acc[r][c] += Σ_{j<n} W[r·ws + j] · Tm[j·ts + d]  (P·V in the forward, dS·K for dq).
+static __device__ __forceinline__ void acc_rows_tile(float (&acc)[8][4], const float* W, int ws, const float* Tm, int ts, int n, int Dh, int lane) {
+  for (int j = 0; j < n; ++j) {
+    float t[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) t[c] = lane + 32 * c < Dh ? Tm[j * ts + lane + 32 * c] : 0.f;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      const float w = W[r * ws + j];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(w, t[c], acc[r][c]);
+    }
+  }
+}
+
+// Row r of the warp (query qi = row0 + r < L) gets acc[r] · mul[r] at dst + qi·ld.
+static __device__ __forceinline__ void store_rows(float* dst, i64 ld, const float (&acc)[8][4], const float (&mul)[8], int row0, int L, int Dh, int lane) {
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const int qi = row0 + r;
+    if (qi < L) {
+      float* orow = dst + (i64)qi * ld;
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        if (lane + 32 * c < Dh) orow[lane + 32 * c] = acc[r][c] * mul[r];
+    }
+  }
+}
+
 #define NT 256  // threads per CTA in every kernel
 
 // ------------------------------------------------------------------------------------------------ lightning scan
@@ -99,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(NT) train_lightning_scan(
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const float4 q4 = *(const float4*)(Qs + (warp * 4 + r) * Dh + d);
-          sc[r] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, sc[r]))));
+          sc[r] = fma4(q4, k4, sc[r]);
         }
       }
 #pragma unroll
@@ -217,7 +252,7 @@ extern "C" __global__ void __launch_bounds__(NT) train_attn_fwd(float* __restric
 #pragma unroll
       for (int r = 0; r < 8; ++r) {
         const float4 q4 = *(const float4*)(Qs + (warp * 8 + r) * Dh + d);
-        sc[r] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, sc[r]))));
+        sc[r] = fma4(q4, k4, sc[r]);
       }
     }
     const int kj = k0 + lane;
@@ -237,30 +272,16 @@ extern "C" __global__ void __launch_bounds__(NT) train_attn_fwd(float* __restric
       Ps[(warp * 8 + r) * AK + lane] = p;
     }
     __syncwarp();
-    for (int j = 0; j < AK; ++j) {
-      float vv[4];
-#pragma unroll
-      for (int c = 0; c < 4; ++c) vv[c] = lane + 32 * c < Dh ? Vs[j * Dh + lane + 32 * c] : 0.f;
-#pragma unroll
-      for (int r = 0; r < 8; ++r) {
-        const float p = Ps[(warp * 8 + r) * AK + j];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(p, vv[c], acc[r][c]);
-      }
-    }
+    acc_rows_tile(acc, Ps + warp * 8 * AK, AK, Vs, Dh, AK, Dh, lane);
   }
+  float inv[8];
 #pragma unroll
   for (int r = 0; r < 8; ++r) {
     const int qi = q0 + warp * 8 + r;
-    if (qi < L) {
-      const float inv = 1.f / l[r];
-      float* orow = out + (i64)(start + qi) * qRow + (i64)h * Dh;
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        if (lane + 32 * c < Dh) orow[lane + 32 * c] = acc[r][c] * inv;
-      if (lane == 0) lse[(i64)(start + qi) * H + h] = m[r] + logf(l[r]);
-    }
+    inv[r] = 1.f / l[r];
+    if (qi < L && lane == 0) lse[(i64)(start + qi) * H + h] = m[r] + logf(l[r]);
   }
+  store_rows(out + (i64)start * qRow + (i64)h * Dh, qRow, acc, inv, q0 + warp * 8, L, Dh, lane);
 }
 
 // ------------------------------------------------------------------------------------------------ attention backward
@@ -345,8 +366,8 @@ extern "C" __global__ void __launch_bounds__(NT) train_attn_bwd_dkdv(float* __re
         for (int r = 0; r < 4; ++r) {
           const float4 k4 = *(const float4*)(Ks + (warp * 4 + r) * Dh + d);
           const float4 v4 = *(const float4*)(Vs + (warp * 4 + r) * Dh + d);
-          sc[r] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, sc[r]))));
-          dp[r] = fmaf(o4.x, v4.x, fmaf(o4.y, v4.y, fmaf(o4.z, v4.z, fmaf(o4.w, v4.w, dp[r]))));
+          sc[r] = fma4(q4, k4, sc[r]);
+          dp[r] = fma4(o4, v4, dp[r]);
         }
       }
       const int qi = q0 + lane;
@@ -460,8 +481,8 @@ extern "C" __global__ void __launch_bounds__(NT) train_attn_bwd_dq(float* __rest
       for (int r = 0; r < 8; ++r) {
         const float4 q4 = *(const float4*)(Qs + (warp * 8 + r) * Dh + d);
         const float4 o4 = *(const float4*)(dOs + (warp * 8 + r) * Dh + d);
-        sc[r] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, sc[r]))));
-        dp[r] = fmaf(o4.x, v4.x, fmaf(o4.y, v4.y, fmaf(o4.z, v4.z, fmaf(o4.w, v4.w, dp[r]))));
+        sc[r] = fma4(q4, k4, sc[r]);
+        dp[r] = fma4(o4, v4, dp[r]);
       }
     }
     const int kj = k0 + lane;
@@ -473,26 +494,10 @@ extern "C" __global__ void __launch_bounds__(NT) train_attn_bwd_dq(float* __rest
       Sw[(warp * 8 + r) * DQ_K + lane] = p * (dp[r] - Di[r]);
     }
     __syncwarp();
-    for (int j = 0; j < DQ_K; ++j) {
-      float kv[4];
-#pragma unroll
-      for (int c = 0; c < 4; ++c) kv[c] = lane + 32 * c < Dh ? Ks[j * KP + lane + 32 * c] : 0.f;
-#pragma unroll
-      for (int r = 0; r < 8; ++r) {
-        const float sd = Sw[(warp * 8 + r) * DQ_K + j];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(sd, kv[c], acc[r][c]);
-      }
-    }
+    acc_rows_tile(acc, Sw + warp * 8 * DQ_K, DQ_K, Ks, KP, DQ_K, Dh, lane);
   }
+  float mul[8];
 #pragma unroll
-  for (int r = 0; r < 8; ++r) {
-    const int qi = q0 + warp * 8 + r;
-    if (qi < L) {
-      float* orow = dq + (i64)(start + qi) * qRow + (i64)h * Dh;
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        if (lane + 32 * c < Dh) orow[lane + 32 * c] = acc[r][c] * scale;
-    }
-  }
+  for (int r = 0; r < 8; ++r) mul[r] = scale;
+  store_rows(dq + (i64)start * qRow + (i64)h * Dh, qRow, acc, mul, q0 + warp * 8, L, Dh, lane);
 }
